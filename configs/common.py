@@ -1,0 +1,23 @@
+"""Building blocks shared by the config files (a config file reads like a recipe)."""
+
+import ml_collections
+
+
+def model_config(*, width, depth, heads, mlp_dim, embed_dim, vocab_size, text_len, image_size,
+                 patch, modalities=("text", "image", "audio", "video")):
+  """The shared transformer and every modality's embedder."""
+  return ml_collections.ConfigDict(dict(
+      modalities=modalities,
+      width=width, depth=depth, heads=heads, mlp_dim=mlp_dim, dropout=0.0,
+      scan_layers=False,      # lax.scan over layers: on for deep TPU models, off for small CPU ones
+      remat_policy="",        # a jax.checkpoint_policies name, e.g. "nothing_saveable"; "" = off
+      pooling="mean",         # mean | first | attention
+      embed_dim=embed_dim,    # largest Matryoshka output size
+      max_positions=512,      # interleaved sequence length limit
+      init_temperature=0.07, init_bias=-10.0,
+      text=dict(vocab_size=vocab_size, max_len=text_len),
+      image=dict(size=image_size, patch=patch),
+      audio=dict(sample_rate=16000, num_samples=16000, n_fft=400, hop=160, n_mels=64,
+                 patch_time=10, patch_mel=16),
+      video=dict(frames=8, size=image_size, patch=patch, tubelet_time=2),
+  ))

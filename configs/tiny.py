@@ -1,0 +1,36 @@
+"""Tiny recipe: a 2-layer model on emoji image <-> name, a few minutes on a 2-core CPU.
+
+Used by the tests and as the quickest end-to-end check:
+
+  python -m gemb.main --config=configs/tiny.py --workdir=/tmp/gemb_tiny
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from configs.common import model_config
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1 = all remaining devices
+
+  image_size, text_len, vocab = (config_dict.FieldReference(32), config_dict.FieldReference(16),
+                                 config_dict.FieldReference(1024))
+  c.model = model_config(width=128, depth=2, heads=4, mlp_dim=512, embed_dim=128,
+                         vocab_size=vocab, text_len=text_len, image_size=image_size, patch=8,
+                         modalities=("text", "image"))
+  c.data = dict(dataset="emoji", data_dir="", image_size=image_size, text_max_len=text_len,
+                vocab_size=vocab, batch_size=128, num_workers=0)
+
+  c.loss = dict(kind="infonce", symmetric=True, mask_false_negatives=True,
+                margin=config_dict.placeholder(float),
+                matryoshka_dims=(32, 64, 128), matryoshka_weights=(1.0, 1.0, 1.0),
+                learn_temperature=True, max_logit_scale=100.0)
+  c.optimizer = dict(learning_rate=2e-3, warmup_steps=30, end_lr_fraction=0.0,
+                     weight_decay=0.05, grad_clip_norm=1.0, b1=0.9, b2=0.98, eps=1e-8)
+  c.train = dict(steps=300, log_every=25, checkpoint_every=100, keep_checkpoints=2)
+  c.eval = dict(every=0, batch_size=256, dims=(32, 128))  # every=0: only at the end
+  return c

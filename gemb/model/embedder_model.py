@@ -1,0 +1,162 @@
+"""The multimodal embedding model: embedders -> interleave -> shared transformer -> head.
+
+``MultimodalEmbedder(side)`` takes one side of a batch in the format of gemb/model/batch.py
+(any mix of text / image / audio / video segments per example) and returns raw embeddings
+``[B, model.embed_dim]``. ``matryoshka(raw, d)`` gives the unit-norm embedding at output
+size d (the L2-normalized first-d prefix). Queries, candidates and hard negatives all go
+through this one model; the model also owns the contrastive temperature and bias.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gemb.model.batch import MODALITIES
+from gemb.model.embedders import EMBEDDERS, param
+from gemb.model.transformer import Transformer, layer_norm
+from gemb.parallel import constrain
+
+POOLINGS = ("mean", "first", "attention")
+
+
+class AttentionPool(nnx.Module):
+  """Multi-head attention from one learned probe over the valid tokens (MAP head)."""
+
+  def __init__(self, width, heads, *, rngs):
+    self.heads, self.head_dim = heads, width // heads
+    self.probe = param(rngs, nnx.initializers.normal(0.02), (heads, self.head_dim),
+                       ("heads", "head_dim"))
+    self.kv = param(rngs, nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3)),
+                    (width, 2, heads, self.head_dim), ("embed", "qkv", "heads", "head_dim"))
+    self.out = param(rngs, nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
+                     (heads, self.head_dim, width), ("heads", "head_dim", "embed"))
+
+  def __call__(self, x, mask):
+    kv = jnp.einsum("bnd,dthk->tbnhk", x, self.kv[...])
+    scores = jnp.einsum("hk,bnhk->bhn", self.probe[...], kv[0]) / math.sqrt(self.head_dim)
+    scores = jnp.where(mask[:, None, :], scores, jnp.finfo(scores.dtype).min)
+    pooled = jnp.einsum("bhn,bnhk->bhk", jax.nn.softmax(scores, axis=-1), kv[1])
+    return jnp.einsum("bhk,hkd->bd", pooled, self.out[...])
+
+
+def matryoshka(raw, dim):
+  """Unit-norm float32 embedding at output size ``dim``: the L2-normalized first-``dim`` prefix.
+
+  The squared-norm floor keeps the gradient finite for an all-zero prefix (sqrt has an
+  infinite derivative at 0) without touching real embeddings.
+  """
+  if not 0 < dim <= raw.shape[-1]:
+    raise ValueError(f"Matryoshka dim {dim} is impossible for embeddings of size {raw.shape[-1]}")
+  prefix = raw[..., :dim].astype(jnp.float32)
+  return prefix * jax.lax.rsqrt(jnp.maximum(jnp.sum(prefix * prefix, -1, keepdims=True), 1e-12))
+
+
+class MultimodalEmbedder(nnx.Module):
+  """One model for every modality and every interleaving of them."""
+
+  def __init__(self, cfg, *, rngs):
+    for name in cfg.modalities:
+      if name not in MODALITIES:
+        raise ValueError(f"model.modalities: unknown modality {name!r}; known: {MODALITIES}")
+    if cfg.pooling not in POOLINGS:
+      raise ValueError(f"model.pooling={cfg.pooling!r}; choose one of {POOLINGS}")
+    self.modalities, self.pooling = tuple(cfg.modalities), cfg.pooling
+    self.max_positions, self.embed_dim = cfg.max_positions, cfg.embed_dim
+    for name in self.modalities:
+      setattr(self, name, EMBEDDERS[name](cfg[name], cfg.width, rngs=rngs))
+    init = nnx.initializers.normal(0.02)
+    self.modality_type = param(rngs, init, (len(MODALITIES), cfg.width), ("modality", "embed"))
+    self.sequence_position = param(rngs, init, (cfg.max_positions, cfg.width),
+                                   ("positions", "embed"))
+    self.encoder = Transformer(cfg, rngs=rngs)
+    if self.pooling == "attention":
+      self.pool = AttentionPool(cfg.width, cfg.heads, rngs=rngs)
+    self.head_norm = layer_norm(cfg.width, rngs)
+    self.head = nnx.Linear(
+        cfg.width, cfg.embed_dim, rngs=rngs,
+        kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "output")),
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("output",)))
+    # Contrastive temperature (log-parameterized; clipped in gemb.losses) and sigmoid bias.
+    self.log_logit_scale = nnx.Param(jnp.asarray(-math.log(cfg.init_temperature), jnp.float32))
+    self.logit_bias = nnx.Param(jnp.asarray(cfg.init_bias, jnp.float32))
+
+  def tokens(self, side):
+    """Embeds every segment and lays the tokens out in example order.
+
+    Returns tokens [B, N, D], mask [B, N] and positions [B, N] (the sequence position of
+    each token: segments follow the layout, each contributing only its valid tokens).
+    """
+    layout = side["layout"]
+    present = [m for m in MODALITIES if m in side]
+    for name in present:
+      if name not in self.modalities:
+        raise ValueError(f"batch has {name} segments but model.modalities={self.modalities}")
+    if not present:
+      raise ValueError(f"a batch side needs at least one of {MODALITIES}, got keys {list(side)}")
+
+    toks, masks, counts, slot_of = [], [], [], []
+    for name in present:
+      m = MODALITIES.index(name)
+      t, mask = getattr(self, name)(side[name], side.get(f"{name}_length"))
+      is_m = layout == m
+      # j-th segment of modality m (left to right) is slot j; unreferenced slots are padding.
+      slots = side[name].shape[1]
+      used = jnp.arange(slots)[None, :] < jnp.sum(is_m, axis=1, keepdims=True)
+      mask = mask & used[..., None]
+      toks.append(t + self.modality_type[m])
+      masks.append(mask)
+      counts.append(jnp.sum(mask, axis=-1))  # [B, slots]
+      occurrence = jnp.where(is_m, jnp.cumsum(is_m, axis=1) - 1, -1)  # [B, S]
+      slot_of.append((m, slots, occurrence))
+
+    # Start of each layout segment in the interleaved sequence = valid tokens before it.
+    seg_len = jnp.zeros(layout.shape, jnp.int32)
+    for (m, slots, occ), count in zip(slot_of, counts):
+      seg_len += jnp.where(layout == m, jnp.take_along_axis(count, jnp.clip(occ, 0, slots - 1),
+                                                             axis=1), 0)
+    seg_start = jnp.cumsum(seg_len, axis=1) - seg_len
+
+    positions = []
+    for (m, slots, occ), mask in zip(slot_of, masks):
+      # offset[b, j] = start of the layout segment that refers to slot j.
+      hit = (occ[:, :, None] == jnp.arange(slots)[None, None, :]) & (layout == m)[:, :, None]
+      offset = jnp.sum(jnp.where(hit, seg_start[:, :, None], 0), axis=1)  # [B, slots]
+      within = jnp.cumsum(mask, axis=-1) - 1
+      positions.append(offset[..., None] + within)
+
+    b, width = layout.shape[0], self.modality_type.shape[-1]
+    tokens = jnp.concatenate([t.reshape(b, -1, width) for t in toks], axis=1)
+    mask = jnp.concatenate([x.reshape(b, -1) for x in masks], axis=1)
+    pos = jnp.concatenate([p.reshape(b, -1) for p in positions], axis=1)
+    n = tokens.shape[1]
+    if n > self.max_positions:
+      raise ValueError(f"an example has up to {n} tokens but model.max_positions="
+                       f"{self.max_positions}")
+    if sum(s for _, s, _ in slot_of) > 1:
+      # Put tokens in example order (valid tokens first, by position; padding after).
+      order = jnp.argsort(jnp.where(mask, pos, n + jnp.arange(n)), axis=1, stable=True)
+      tokens = jnp.take_along_axis(tokens, order[..., None], axis=1)
+      mask = jnp.take_along_axis(mask, order, axis=1)
+      pos = jnp.take_along_axis(pos, order, axis=1)
+    pos = jnp.where(mask, pos, 0)
+    return tokens, mask, pos
+
+  def __call__(self, side, *, dropout_key=None):
+    """One side of a batch -> raw embeddings [B, embed_dim] (normalize with ``matryoshka``)."""
+    if side["layout"].ndim != 2:
+      raise ValueError(f"side['layout'] must be [B, S], got shape {side['layout'].shape}")
+    tokens, mask, pos = self.tokens(side)
+    x = tokens + jnp.take(self.sequence_position[...], pos, axis=0)
+    x = constrain(x, ("batch", "length", "embed"))
+    x = self.encoder(x, mask, dropout_key=dropout_key)
+    if self.pooling == "mean":
+      weights = mask.astype(x.dtype)[..., None]
+      pooled = jnp.sum(x * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+    elif self.pooling == "first":
+      pooled = x[:, 0]
+    else:
+      pooled = self.pool(x, mask)
+    return self.head(self.head_norm(pooled))
+

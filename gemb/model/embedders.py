@@ -1,0 +1,144 @@
+"""Per-modality embedders: raw inputs -> tokens of the shared width D plus a validity mask.
+
+Every embedder maps its slot array ``[B, S, ...]`` (see gemb/model/batch.py) to tokens
+``[B, S, N, D]`` and a mask ``[B, S, N]``. Modality-specific code ends here: after this,
+all tokens go through one shared transformer. Position embeddings inside a segment are
+per modality (text index; image row/column; audio time/mel; video time/row/column);
+the position of a segment in the interleaved sequence is added by the model.
+"""
+
+import jax.numpy as jnp
+from flax import nnx
+
+from gemb.model import audio_features
+from gemb.model.batch import PAD_ID
+
+_EMBED_INIT = nnx.initializers.normal(0.02)
+
+
+def param(rngs, init, shape, axes):
+  """An nnx.Param carrying logical axis names (gemb.parallel maps them onto the mesh)."""
+  return nnx.Param(init(rngs.params(), shape, jnp.float32), out_sharding=axes)
+
+
+def patch_projection(rngs, in_dim, width):
+  return nnx.Linear(
+      in_dim, width, rngs=rngs,
+      kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("patch", "embed")),
+      bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("embed",)))
+
+
+class TextEmbedder(nnx.Module):
+  """Token ids [B, S, L] -> token table lookup + learned 1-D positions."""
+
+  def __init__(self, cfg, width, *, rngs):
+    self.vocab_size, self.max_len = cfg.vocab_size, cfg.max_len
+    self.table = param(rngs, _EMBED_INIT, (cfg.vocab_size, width), ("vocab", "embed"))
+    self.position = param(rngs, _EMBED_INIT, (cfg.max_len, width), ("positions", "embed"))
+
+  def __call__(self, ids, length=None):
+    del length
+    if ids.shape[-1] > self.max_len:
+      raise ValueError(f"text length {ids.shape[-1]} exceeds model.text.max_len={self.max_len}")
+    tokens = jnp.take(self.table[...], ids, axis=0) + self.position[: ids.shape[-1]]
+    return tokens, ids != PAD_ID
+
+
+class ImageEmbedder(nnx.Module):
+  """Images [B, S, H, W, 3] -> non-overlapping patches -> linear + row/column positions."""
+
+  def __init__(self, cfg, width, *, rngs):
+    self.patch, self.size = cfg.patch, cfg.size
+    if cfg.size % cfg.patch:
+      raise ValueError(f"model.image.size={cfg.size} is not a multiple of patch={cfg.patch}")
+    grid = cfg.size // cfg.patch
+    self.proj = patch_projection(rngs, cfg.patch * cfg.patch * 3, width)
+    self.row = param(rngs, _EMBED_INIT, (grid, width), ("positions", "embed"))
+    self.col = param(rngs, _EMBED_INIT, (grid, width), ("positions", "embed"))
+
+  def __call__(self, images, length=None):
+    del length
+    *lead, h, w, c = images.shape
+    if (h, w) != (self.size, self.size):
+      raise ValueError(f"image shape {(h, w)} != model.image.size {self.size}")
+    p, g = self.patch, self.size // self.patch
+    x = images.reshape(*lead, g, p, g, p, c)
+    x = jnp.moveaxis(x, -4, -3).reshape(*lead, g * g, p * p * c)
+    pos = (self.row[...][:, None] + self.col[...][None, :]).reshape(g * g, -1)
+    tokens = self.proj(x) + pos
+    return tokens, jnp.ones(tokens.shape[:-1], bool)
+
+
+class AudioEmbedder(nnx.Module):
+  """Waveforms [B, S, N] -> log-mel [F, M] -> (time x mel) patches -> linear + positions."""
+
+  def __init__(self, cfg, width, *, rngs):
+    self.cfg = cfg
+    frames = audio_features.num_frames(cfg.num_samples, cfg.n_fft, cfg.hop)
+    pt, pm = cfg.patch_time, cfg.patch_mel
+    if cfg.n_mels % pm:
+      raise ValueError(f"model.audio.n_mels={cfg.n_mels} is not a multiple of patch_mel={pm}")
+    self.time_patches, self.mel_patches = frames // pt, cfg.n_mels // pm
+    self.proj = patch_projection(rngs, pt * pm, width)
+    self.time = param(rngs, _EMBED_INIT, (self.time_patches, width), ("positions", "embed"))
+    self.mel = param(rngs, _EMBED_INIT, (self.mel_patches, width), ("positions", "embed"))
+
+  def __call__(self, waveform, length=None):
+    c = self.cfg
+    if waveform.shape[-1] != c.num_samples:
+      raise ValueError(f"audio has {waveform.shape[-1]} samples, model.audio.num_samples="
+                       f"{c.num_samples} (pad or crop in the data pipeline)")
+    feats = audio_features.log_mel(waveform, sample_rate=c.sample_rate, n_fft=c.n_fft, hop=c.hop,
+                                   n_mels=c.n_mels)
+    # log(1e-6) ~ -13.8 for silence, ~0-5 for speech: map to roughly unit scale.
+    feats = (feats + 5.0) / 5.0
+    *lead, _, m = feats.shape
+    pt, pm, nt, nm = c.patch_time, c.patch_mel, self.time_patches, self.mel_patches
+    x = feats[..., : nt * pt, :].reshape(*lead, nt, pt, nm, pm)
+    x = jnp.moveaxis(x, -3, -2).reshape(*lead, nt * nm, pt * pm)
+    pos = (self.time[...][:, None] + self.mel[...][None, :]).reshape(nt * nm, -1)
+    tokens = self.proj(x) + pos
+    if length is None:
+      mask = jnp.ones(tokens.shape[:-1], bool)
+    else:  # a time patch is valid when its first frame starts before the audio ends
+      first_sample = jnp.arange(nt) * pt * c.hop
+      valid_t = first_sample < length[..., None]
+      mask = jnp.repeat(valid_t, nm, axis=-1)
+    return tokens, mask
+
+
+class VideoEmbedder(nnx.Module):
+  """Videos [B, S, T, H, W, 3] -> tubelets (t x p x p) -> linear + time/row/column positions."""
+
+  def __init__(self, cfg, width, *, rngs):
+    self.cfg = cfg
+    if cfg.frames % cfg.tubelet_time or cfg.size % cfg.patch:
+      raise ValueError(f"model.video: frames={cfg.frames} must be a multiple of tubelet_time="
+                       f"{cfg.tubelet_time} and size={cfg.size} of patch={cfg.patch}")
+    self.grid_t, self.grid = cfg.frames // cfg.tubelet_time, cfg.size // cfg.patch
+    self.proj = patch_projection(rngs, cfg.tubelet_time * cfg.patch * cfg.patch * 3, width)
+    self.time = param(rngs, _EMBED_INIT, (self.grid_t, width), ("positions", "embed"))
+    self.row = param(rngs, _EMBED_INIT, (self.grid, width), ("positions", "embed"))
+    self.col = param(rngs, _EMBED_INIT, (self.grid, width), ("positions", "embed"))
+
+  def __call__(self, video, length=None):
+    del length
+    c = self.cfg
+    *lead, t, h, w, ch = video.shape
+    if (t, h, w) != (c.frames, c.size, c.size):
+      raise ValueError(f"video shape {(t, h, w)} != model.video (frames, size, size) "
+                       f"{(c.frames, c.size, c.size)}")
+    gt, g, tt, p = self.grid_t, self.grid, c.tubelet_time, c.patch
+    x = video.reshape(*lead, gt, tt, g, p, g, p, ch)
+    n = len(lead)
+    x = x.transpose(*range(n), n, n + 2, n + 4, n + 1, n + 3, n + 5, n + 6)
+    x = x.reshape(*lead, gt * g * g, tt * p * p * ch)
+    pos = (self.time[...][:, None, None] + self.row[...][None, :, None]
+           + self.col[...][None, None, :]).reshape(gt * g * g, -1)
+    tokens = self.proj(x) + pos
+    return tokens, jnp.ones(tokens.shape[:-1], bool)
+
+
+EMBEDDERS = {"text": TextEmbedder, "image": ImageEmbedder, "audio": AudioEmbedder,
+             "video": VideoEmbedder}
+

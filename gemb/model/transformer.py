@@ -1,0 +1,127 @@
+"""The shared bidirectional pre-norm transformer that every modality's tokens go through.
+
+Layers are created stacked (one parameter array per weight with a leading "layers" axis)
+and run either with ``lax.scan`` (one compiled layer: fast compiles, the choice for deep
+TPU models) or unrolled (a few % faster for small CPU models), optionally rematerialized
+with a named ``jax.checkpoint_policies`` policy. Parameters are the same in both modes,
+so a checkpoint does not care which one trained it.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gemb.model.embedders import param
+from gemb.parallel import constrain
+
+ACT_AXES = ("batch", "length", "embed")
+
+
+def dropout(x, rate, key):
+  """Inverted dropout; identity when ``key`` is None (evaluation) or rate is 0."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def layer_norm(width, rngs):
+  return nnx.LayerNorm(
+      width, rngs=rngs, epsilon=1e-6,
+      scale_init=nnx.with_partitioning(nnx.initializers.ones, ("embed",)),
+      bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("embed",)))
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with a key padding mask; q, k, v from one fused matmul."""
+
+  def __init__(self, width, heads, *, rngs):
+    if width % heads:
+      raise ValueError(f"model.width={width} is not divisible by model.heads={heads}")
+    self.heads, self.head_dim = heads, width // heads
+    init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3))
+    self.qkv = param(rngs, init, (width, 3, heads, self.head_dim),
+                     ("embed", "qkv", "heads", "head_dim"))
+    self.out = param(rngs, nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
+                     (heads, self.head_dim, width), ("heads", "head_dim", "embed"))
+    self.out_bias = param(rngs, nnx.initializers.zeros, (width,), ("embed",))
+
+  def __call__(self, x, mask):
+    # No q/k/v bias: a key bias has an exactly-zero gradient (softmax is shift-invariant),
+    # and Adam would turn its rounding noise into full-size updates.
+    qkv = jnp.einsum("bnd,dthk->tbnhk", x, self.qkv[...])
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    scores = jnp.einsum("bqhk,bnhk->bhqn", q, k) / jnp.sqrt(self.head_dim).astype(x.dtype)
+    # Finite fill (not -inf) keeps a row of only masked keys NaN-free; its output is unused.
+    scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
+    weights = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("bhqn,bnhk->bqhk", weights, v)
+    return jnp.einsum("bqhk,hkd->bqd", out, self.out[...]) + self.out_bias[...]
+
+
+class MLP(nnx.Module):
+  def __init__(self, width, mlp_dim, *, rngs):
+    kinit = nnx.initializers.lecun_normal()
+    self.up = nnx.Linear(width, mlp_dim, rngs=rngs,
+                         kernel_init=nnx.with_partitioning(kinit, ("embed", "mlp")),
+                         bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("mlp",)))
+    self.down = nnx.Linear(mlp_dim, width, rngs=rngs,
+                           kernel_init=nnx.with_partitioning(kinit, ("mlp", "embed")),
+                           bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("embed",)))
+
+  def __call__(self, x):
+    # tanh-approximate GELU: ~5% faster on CPU than the erf form at equal quality.
+    return self.down(jax.nn.gelu(self.up(x), approximate=True))
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+  def __init__(self, cfg, *, rngs):
+    self.dropout_rate = cfg.dropout
+    self.norm1 = layer_norm(cfg.width, rngs)
+    self.attn = Attention(cfg.width, cfg.heads, rngs=rngs)
+    self.norm2 = layer_norm(cfg.width, rngs)
+    self.mlp = MLP(cfg.width, cfg.mlp_dim, rngs=rngs)
+
+  def __call__(self, x, mask, key=None):
+    k1, k2 = (None, None) if key is None else jax.random.split(key)
+    x = x + dropout(self.attn(self.norm1(x), mask), self.dropout_rate, k1)
+    x = x + dropout(self.mlp(self.norm2(x)), self.dropout_rate, k2)
+    return constrain(x, ACT_AXES)
+
+
+class Transformer(nnx.Module):
+  """``depth`` stacked Blocks and a final LayerNorm."""
+
+  def __init__(self, cfg, *, rngs):
+    self.depth, self.scan, self.remat_policy = cfg.depth, cfg.scan_layers, cfg.remat_policy
+    if self.remat_policy and not hasattr(jax.checkpoint_policies, self.remat_policy):
+      raise ValueError(f"model.remat_policy={self.remat_policy!r} is not a jax.checkpoint_policies "
+                       "name (e.g. 'nothing_saveable', 'dots_saveable'); '' disables remat")
+
+    @nnx.split_rngs(splits=cfg.depth)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make_blocks(rngs):
+      return Block(cfg, rngs=rngs)
+
+    self.blocks = make_blocks(rngs)
+    self.norm = layer_norm(cfg.width, rngs)
+
+  def __call__(self, x, mask, *, dropout_key=None):
+    graphdef, stacked = nnx.split(self.blocks)
+    keys = None if dropout_key is None else jax.random.split(dropout_key, self.depth)
+
+    def layer(x, per_layer):
+      state, key = per_layer
+      return nnx.merge(graphdef, state)(x, mask, key), None
+
+    if self.remat_policy:
+      layer = jax.checkpoint(layer, policy=getattr(jax.checkpoint_policies, self.remat_policy),
+                             prevent_cse=not self.scan)
+    if self.scan:
+      x, _ = jax.lax.scan(layer, x, (stacked, keys))
+    else:
+      for i in range(self.depth):
+        x, _ = layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, keys)))
+    return self.norm(x)

@@ -1,0 +1,126 @@
+"""The training loop: mesh, data, model, step, checkpoints, logs and evaluation, in order.
+
+Read top to bottom, it is one run. Rerunning with the same workdir resumes from the latest
+checkpoint, data iterator included, so the continued run sees the batches it would have.
+"""
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from gemb import parallel
+from gemb.data.pipeline import tokenizer_corpus, train_dataset
+from gemb.data.tokenizer import Tokenizer
+from gemb.eval import report
+from gemb.eval.tasks import builtin_tasks, evaluate
+from gemb.train.checkpoint import Checkpointer
+from gemb.train.state import create_train_state
+from gemb.train.step import make_train_step
+from gemb.train.summary import SummaryWriter
+
+
+def load_or_train_tokenizer(config, workdir):
+  """The run's sentencepiece model lives in the workdir, so evals and exports reuse it."""
+  path = os.path.join(workdir, "tokenizer.model")
+  if os.path.exists(path):
+    tok = Tokenizer.load(path)
+  else:
+    tok = Tokenizer.train(tokenizer_corpus(config.data), config.data.vocab_size)
+    if jax.process_index() == 0:
+      tok.save(path)
+  if tok.vocab_size > config.model.text.vocab_size:
+    raise ValueError(f"tokenizer has {tok.vocab_size} pieces > model.text.vocab_size="
+                     f"{config.model.text.vocab_size}")
+  return tok
+
+
+def run_eval(config, workdir, step, graphdef, params, mesh, tasks, writer):
+  """Evaluates every task at each configured Matryoshka dim; writes eval/step_<N>.json."""
+  results = {}
+  for dim in sorted(config.eval.dims, reverse=True):
+    per_task = evaluate(graphdef, params, mesh, tasks, dim=dim, batch_size=config.eval.batch_size)
+    for name, metrics in per_task.items():
+      if dim == max(config.eval.dims):
+        results[name] = dict(metrics, by_dim={})
+      results[name]["by_dim"][str(dim)] = {k: v for k, v in metrics.items() if k.startswith(("R@", "NDCG", "MRR"))}
+      writer.scalars(step, {f"eval/{name}/{k}@{dim}": v for k, v in metrics.items()
+                            if k.startswith(("R@", "NDCG", "MRR"))})
+  if jax.process_index() == 0:
+    path = report.write_eval_json(workdir, step, "train", results)
+    logging.info("eval at step %d -> %s\n%s", step, path, report.markdown_table(results))
+  return results
+
+
+def train_and_evaluate(config, workdir):
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  total_steps = config.train.steps
+
+  # ---- Mesh, tokenizer, resolved config.
+  mesh = parallel.make_mesh(config.mesh)
+  logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape), mesh.size,
+               jax.process_count())
+  tokenizer = load_or_train_tokenizer(config, workdir)
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_main)
+  writer.text(0, "config", config.to_json_best_effort(indent=2))
+
+  # ---- Input pipeline: this process's shard of every global batch.
+  per_device = config.data.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"])
+  if per_device:
+    raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by the batch "
+                     f"axes data*fsdp={mesh.shape['data'] * mesh.shape['fsdp']}")
+  dataset = train_dataset(config.data, tokenizer, seed=config.seed,
+                          process_index=jax.process_index(), process_count=jax.process_count())
+  data_iter = iter(dataset)
+
+  # ---- Model and optimizer, born sharded; the compiled step.
+  graphdef, state, shardings, tx, schedule = create_train_state(config, mesh, total_steps)
+  n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  logging.info("model: %.2fM parameters", n_params / 1e6)
+  train_step = make_train_step(graphdef, tx, schedule, config, mesh, shardings)
+
+  # ---- Resume from the latest checkpoint, if any.
+  ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  start = ckpt.latest_step()
+  if start is not None:
+    state, _ = ckpt.restore(start, state, data_iter)
+    logging.info("resumed from step %d", start)
+  step = int(state["step"])
+  eval_tasks = builtin_tasks(config.data, tokenizer, "test")
+
+  # ---- Train.
+  t0, step0, last = time.time(), step, None
+  while step < total_steps:
+    batch = parallel.host_to_global(next(data_iter), mesh)
+    with jax.set_mesh(mesh):
+      state, metrics = train_step(state, batch)
+    step += 1
+    if step % config.train.log_every == 0 or step == total_steps:
+      metrics = jax.device_get(metrics)
+      elapsed = time.time() - t0
+      rate = (step - step0) / elapsed
+      writer.scalars(step, {f"train/{k}": float(v) for k, v in metrics.items()}
+                     | {"train/steps_per_s": rate,
+                        "train/examples_per_s": rate * config.data.batch_size})
+      logging.info("step %d/%d loss %.4f acc %.3f | %.2f steps/s, ETA %.0fs", step, total_steps,
+                   metrics["loss"], metrics.get("accuracy", np.nan), rate,
+                   (total_steps - step) / max(rate, 1e-9))
+    if step % config.train.checkpoint_every == 0 or step == total_steps:
+      ckpt.save(step, state, data_iter, {"step": step}, force=step == total_steps)
+    if config.eval.every and step % config.eval.every == 0 and step != total_steps:
+      last = run_eval(config, workdir, step, graphdef, state["params"], mesh, eval_tasks, writer)
+
+  # ---- Final evaluation.
+  ckpt.wait()
+  last = run_eval(config, workdir, step, graphdef, state["params"], mesh, eval_tasks, writer)
+  writer.close()
+  ckpt.close()
+  return last

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs gemb and everything its built-in data needs into ./.venv (idempotent).
+#   bash launch/install.sh            # then use .venv/bin/python
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the built-in datasets are built from (see README "Data").
+pkgs="fonts-noto-color-emoji unicode-data"
+missing=$(for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+if [ -n "$missing" ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq $missing
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e ".[test]"

@@ -1,0 +1,21 @@
+"""gemb: natively multimodal embedding models in JAX/Flax NNX."""
+
+import os
+
+from setuptools import find_packages, setup
+
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "requirements.txt")) as f:
+  requirements = [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+
+setup(
+    name="gemb",
+    version="0.1.0",
+    description="Train natively multimodal embedding models (text, image, audio, video) in JAX.",
+    long_description=open(os.path.join(here, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["gemb", "gemb.*"]),
+    python_requires=">=3.11",
+    install_requires=requirements,
+    extras_require={"test": ["pytest==9.2.0", "scikit-learn==1.9.1"]},
+)

@@ -1,0 +1,233 @@
+"""Ranking metrics vs sklearn, brute-force loops and hand-computed cases; the eval JSON."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from gemb.eval import metrics
+from gemb.eval import report
+
+
+def random_case(seed, num_q=20, num_c=15, max_grade=3):
+  """Random graded qrels and the full score matrix a ranking was made from."""
+  rng = np.random.default_rng(seed)
+  qrels = []
+  for _ in range(num_q):
+    n = rng.integers(1, 5)
+    cands = rng.choice(num_c, size=n, replace=False)
+    qrels.append({int(c): int(rng.integers(1, max_grade + 1)) for c in cands})
+  scores = rng.normal(size=(num_q, num_c))  # Continuous: no ties.
+  ranked = np.argsort(-scores, axis=1)
+  grades = np.zeros((num_q, num_c))
+  for q, rel in enumerate(qrels):
+    for c, g in rel.items():
+      grades[q, c] = g
+  return qrels, scores, ranked, grades
+
+
+# A hand-computed case: 3 queries, candidates 0..5.
+HAND_RANKED = np.array([[3, 1, 2, 0],
+                        [0, 2, 1, 4],
+                        [5, 4, 3, 2]])
+HAND_QRELS = [{1: 1},          # first relevant at rank 2
+              {0: 2, 1: 1},    # ranks 1 and 3
+              {0: 1}]          # not retrieved at all
+
+
+def test_hand_computed():
+  assert metrics.recall_at_k(HAND_RANKED, HAND_QRELS, 1) == pytest.approx(1 / 3)
+  assert metrics.recall_at_k(HAND_RANKED, HAND_QRELS, 2) == pytest.approx(2 / 3)
+  assert metrics.recall_at_k(HAND_RANKED, HAND_QRELS, 4) == pytest.approx(2 / 3)
+  assert metrics.mrr_at_k(HAND_RANKED, HAND_QRELS, 1) == pytest.approx(1 / 3)
+  assert metrics.mrr_at_k(HAND_RANKED, HAND_QRELS, 4) == pytest.approx((1 / 2 + 1 + 0) / 3)
+  # NDCG@4, linear gain. q0: 1/log2(3) over ideal 1. q1: (2 + 1/log2(4)) / (2 + 1/log2(3)).
+  q0 = 1 / math.log2(3)
+  q1 = (2 + 0.5) / (2 + 1 / math.log2(3))
+  assert metrics.ndcg_at_k(HAND_RANKED, HAND_QRELS, 4) == pytest.approx((q0 + q1 + 0) / 3)
+  # Exponential gain: grade 2 -> 3, grade 1 -> 1.
+  q1_exp = (3 + 0.5) / (3 + 1 / math.log2(3))
+  assert metrics.ndcg_at_k(HAND_RANKED, HAND_QRELS, 4, gain="exponential") == pytest.approx(
+      (q0 + q1_exp) / 3)
+  # AP@4: q0 = (1/2) / 1; q1 = (1/1 + 2/3) / 2; q2 = 0.
+  np.testing.assert_allclose(metrics.average_precision(HAND_RANKED, HAND_QRELS, 4),
+                             [0.5, (1 + 2 / 3) / 2, 0.0])
+  # AP@1 divides by min(|R|, 1) = 1: q1 has its top-1 relevant, so AP@1 = 1.
+  np.testing.assert_allclose(metrics.average_precision(HAND_RANKED, HAND_QRELS, 1), [0, 1, 0])
+  assert metrics.map_at_k(HAND_RANKED, HAND_QRELS, 4) == pytest.approx((0.5 + 5 / 6) / 3)
+
+
+def test_recall_is_hit_rate_not_ir_recall():
+  # 2 of 4 relevant retrieved in the top 2: the IR recall would be 0.5, R@K is 1.
+  assert metrics.recall_at_k([[0, 1, 9]], [{0: 1, 1: 1, 2: 1, 3: 1}], 2) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_recall_and_mrr_vs_loops(seed, k):
+  qrels, _, ranked, _ = random_case(seed)
+  hit, rr = [], []
+  for q in range(len(qrels)):
+    found = [i for i in range(k) if ranked[q, i] in qrels[q]]
+    hit.append(1.0 if found else 0.0)
+    rr.append(1.0 / (found[0] + 1) if found else 0.0)
+  assert metrics.recall_at_k(ranked, qrels, k) == pytest.approx(np.mean(hit))
+  assert metrics.mrr_at_k(ranked, qrels, k) == pytest.approx(np.mean(rr))
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("k", [1, 3, 5, 15])
+def test_ndcg_vs_sklearn(seed, k):
+  qrels, scores, ranked, grades = random_case(seed)
+  expected = skm.ndcg_score(grades, scores, k=k)  # Linear gains, ideal from all grades.
+  assert metrics.ndcg_at_k(ranked, qrels, k) == pytest.approx(expected, abs=1e-12)
+  # Only the top K=k columns are needed: the ideal DCG still comes from the qrels.
+  assert metrics.ndcg_at_k(ranked[:, :k], qrels, k) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 4, 15])
+def test_ndcg_exponential_vs_loop(k):
+  qrels, _, ranked, _ = random_case(7)
+  per_query = []
+  for q, rel in enumerate(qrels):
+    dcg = sum((2 ** rel.get(int(ranked[q, i]), 0) - 1) / math.log2(i + 2) for i in range(k))
+    ideal = sorted(rel.values(), reverse=True)
+    idcg = sum((2 ** g - 1) / math.log2(i + 2) for i, g in enumerate(ideal) if i < k)
+    per_query.append(dcg / idcg)
+  assert metrics.ndcg_at_k(ranked, qrels, k, gain="exponential") == pytest.approx(
+      np.mean(per_query))
+
+
+def test_ndcg_counts_unretrieved_relevant_in_ideal():
+  # One of two equally relevant items retrieved at rank 1: DCG = 1, IDCG = 1 + 1/log2(3).
+  value = metrics.ndcg_at_k([[0, 5]], [{0: 1, 7: 1}], 2)
+  assert value == pytest.approx(1 / (1 + 1 / math.log2(3)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_average_precision_vs_sklearn(seed):
+  qrels, scores, ranked, grades = random_case(seed)
+  ours = metrics.average_precision(ranked, qrels)  # k = C: the full ranking.
+  for q in range(len(qrels)):
+    assert ours[q] == pytest.approx(skm.average_precision_score(grades[q] > 0, scores[q]))
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_map_at_k_vs_loop(k):
+  qrels, _, ranked, _ = random_case(3)
+  aps = []
+  for q, rel in enumerate(qrels):
+    found, total = 0, 0.0
+    for i in range(k):
+      if ranked[q, i] in rel:
+        found += 1
+        total += found / (i + 1)
+    aps.append(total / min(len(rel), k))
+  assert metrics.map_at_k(ranked, qrels, k) == pytest.approx(np.mean(aps))
+
+
+def test_negative_ranked_entries_never_relevant():
+  assert metrics.recall_at_k([[-1, 2]], [{2: 1}], 1) == 0.0
+  assert metrics.mrr_at_k([[-1, 2]], [{2: 1}], 2) == 0.5
+
+
+def test_zero_shot_accuracy():
+  labels = np.array([0, 2, 1, 1])
+  assert metrics.zero_shot_accuracy(np.array([0, 2, 2, 1]), labels) == 0.75
+  scores = np.array([[0.9, 0.1, 0.0],
+                     [0.0, 0.2, 0.7],
+                     [0.5, 0.5, 0.1],   # tie between 0 and 1 -> class 0 (wrong)
+                     [0.1, 0.8, 0.8]])  # tie between 1 and 2 -> class 1 (right)
+  assert metrics.zero_shot_accuracy(scores, labels) == 0.75
+  rng = np.random.default_rng(0)
+  scores = rng.normal(size=(50, 7))
+  labels = rng.integers(0, 7, size=50)
+  assert metrics.zero_shot_accuracy(scores, labels) == pytest.approx(
+      skm.accuracy_score(labels, scores.argmax(1)))
+
+
+def test_chance_recall_at_1_is_expected_random_r1():
+  qrels, _, _, _ = random_case(4, num_c=9)
+  # Exact expectation over a uniformly random top-1: average R@1 over every possible top-1.
+  per_top1 = [metrics.recall_at_k(np.full((len(qrels), 1), c), qrels, 1) for c in range(9)]
+  assert metrics.chance_recall_at_1(qrels, 9) == pytest.approx(np.mean(per_top1))
+  assert metrics.chance_recall_at_1([{0: 1}, {1: 1, 2: 1}], 4) == pytest.approx(3 / 8)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: metrics.recall_at_k(HAND_RANKED, HAND_QRELS, 5), "k=5 exceeds the 4"),
+    (lambda: metrics.recall_at_k(HAND_RANKED, HAND_QRELS, 0), "k must be a positive int"),
+    (lambda: metrics.recall_at_k(HAND_RANKED, HAND_QRELS[:2], 1), "qrels has 2 queries"),
+    (lambda: metrics.ndcg_at_k(HAND_RANKED, [{1: 1}, {}, {0: 1}], 1), "query 1 has no relevant"),
+    (lambda: metrics.mrr_at_k(HAND_RANKED, [{1: 0}, {0: 1}, {0: 1}], 1), "grade of candidate 1"),
+    (lambda: metrics.ndcg_at_k(HAND_RANKED, HAND_QRELS, 2, gain="log"), "'log'"),
+    (lambda: metrics.recall_at_k(np.zeros((2, 2)), [{0: 1}] * 2, 1), "integer candidate"),
+    (lambda: metrics.recall_at_k([1, 2], [{0: 1}] * 2, 1), r"ranked must be \[Q, K\]"),
+    (lambda: metrics.chance_recall_at_1([{4: 1}], 4), r"\[4\] out of range"),
+    (lambda: metrics.zero_shot_accuracy([0, 1], [0]), "labels must be"),
+])
+def test_errors_name_the_bad_value(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
+
+
+# ----------------------------------------------------------------------------- eval JSON
+
+TASKS = {
+    "coco_t2i": {"R@1": 0.25, "R@5": np.float32(0.5), "R@10": 0.75, "NDCG@10": 0.4,
+                 "MRR@10": 0.35, "num_queries": np.int64(8), "num_candidates": 4,
+                 "chance_R@1": 0.25},
+    "audiocaps_a2t": {"R@1": 0.0, "R@5": 1.0, "R@10": 1.0, "NDCG@10": 0.5, "MRR@10": 0.2,
+                      "num_queries": 3, "num_candidates": 3, "chance_R@1": 1 / 3},
+}
+
+
+def test_eval_json_roundtrip(tmp_path):
+  path = report.write_eval_json(str(tmp_path), 120, "stage1", TASKS)
+  assert path == os.path.join(str(tmp_path), "eval", "step_120.json")
+  assert os.listdir(tmp_path / "eval") == ["step_120.json"]  # No temp file left behind.
+  with open(path) as f:
+    raw = json.load(f)
+  assert list(raw) == ["step", "stage", "tasks"]
+  assert raw["step"] == 120 and raw["stage"] == "stage1"
+  assert raw["tasks"]["coco_t2i"]["R@5"] == 0.5
+  assert isinstance(raw["tasks"]["coco_t2i"]["num_queries"], int)
+  assert report.read_eval_json(path) == raw
+  # Rewriting the same step replaces the file.
+  report.write_eval_json(tmp_path, 120, "stage2", {"t": {"R@1": 1.0}})
+  assert report.read_eval_json(path)["stage"] == "stage2"
+
+
+@pytest.mark.parametrize("tasks, match", [
+    ({"t": {"R@1": 1.5}}, "R@1 must be a fraction in \\[0, 1\\], got 1.5"),
+    ({"t": {"R@1": float("nan")}}, "R@1 must be a fraction"),
+    ({"t": {"num_queries": 2.5}}, "num_queries must be a count"),
+    ({"t": {"R@1": "high"}}, "R@1 must be a number, got 'high'"),
+    ({"t": [0.5]}, "task 't': metrics must be a dict"),
+])
+def test_eval_json_rejects_bad_values(tmp_path, tasks, match):
+  with pytest.raises(ValueError, match=match):
+    report.write_eval_json(tmp_path, 1, "s", tasks)
+  assert not os.path.exists(report.eval_json_path(tmp_path, 1))
+
+
+def test_read_eval_json_rejects_other_formats(tmp_path):
+  path = tmp_path / "x.json"
+  path.write_text(json.dumps({"step": 1, "tasks": {}}))
+  with pytest.raises(ValueError, match="expected keys"):
+    report.read_eval_json(path)
+  path.write_text(json.dumps({"step": 1, "stage": "s", "tasks": {"t": {"R@1": 2}}}))
+  with pytest.raises(ValueError, match="R@1 must be a fraction"):
+    report.read_eval_json(path)
+
+
+def test_markdown_table():
+  table = report.markdown_table({"b": {"R@1": 0.5, "num_queries": 10, "zz": 0.125},
+                                 "a": {"R@1": 0.25, "R@5": 1.0}})
+  assert table == (
+      "| task | R@1 | R@5 | num_queries | zz |\n"
+      "|---|---:|---:|---:|---:|\n"
+      "| a | 0.2500 | 1.0000 | - | - |\n"
+      "| b | 0.5000 | - | 10 | 0.1250 |\n")
