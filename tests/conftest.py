@@ -30,3 +30,12 @@ def pytest_configure(config):
 def devices():
   assert len(jax.devices()) == 8, "tests need 8 simulated CPU devices"
   return jax.devices()
+
+
+@pytest.fixture(scope="session")
+def emoji_data_dir(tmp_path_factory):
+  """The built-in emoji dataset, built once per test session (~20 s)."""
+  from gemb.data import sources
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  sources.prepared_builder("emoji", data_dir)
+  return data_dir

@@ -5,9 +5,11 @@ DESIGN.md:
 
   {"step": N, "stage": "<name>",
    "tasks": {"<task>": {"R@1": f, "R@5": f, "R@10": f, "NDCG@10": f, "MRR@10": f,
-                        "num_queries": n, "num_candidates": m, "chance_R@1": f}}}
+                        "num_queries": n, "num_candidates": m, "chance_R@1": f,
+                        "by_dim": {"<d>": {"R@1": f, ...}}}}}
 
-Metric values are fractions in [0, 1]; keys starting with "num_" are counts. Writes are
+"by_dim" (optional) holds the same metrics at each evaluated Matryoshka output size; the
+top-level values are those of the largest size. Metric values are fractions in [0, 1]; keys starting with "num_" are counts. Writes are
 atomic (a temp file in the same directory, then a rename), so a reader polling the directory
 or a job killed mid-write never sees a truncated file.
 """
@@ -22,7 +24,7 @@ _COLUMNS = ("R@1", "R@5", "R@10", "NDCG@10", "MRR@10", "chance_R@1", "num_querie
             "num_candidates")
 
 
-def _clean_tasks(tasks):
+def _clean_tasks(tasks, allow_by_dim=True):
   """Checks tasks against the format and converts values (numpy scalars too) to JSON types."""
   if not isinstance(tasks, dict):
     raise ValueError(f"tasks must be a dict of task name -> metrics dict, got {type(tasks)}")
@@ -36,6 +38,12 @@ def _clean_tasks(tasks):
     for name, value in values.items():
       if not isinstance(name, str):
         raise ValueError(f"task {task!r}: metric names must be strings, got {name!r}")
+      if name == "by_dim" and allow_by_dim:
+        if not isinstance(value, dict) or not all(str(d).isdigit() for d in value):
+          raise ValueError(f"task {task!r}: by_dim must map dims to metrics, got {value!r}")
+        clean[task][name] = _clean_tasks({str(d): m for d, m in value.items()},
+                                         allow_by_dim=False)
+        continue
       if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"task {task!r}: {name} must be a number, got {value!r}")
       if name.startswith("num_"):
@@ -118,7 +126,7 @@ def markdown_table(tasks):
   Fractions are printed with 4 decimals, counts as integers, missing metrics as "-".
   """
   tasks = _clean_tasks(tasks)
-  names = {m for values in tasks.values() for m in values}
+  names = {m for values in tasks.values() for m in values if m != "by_dim"}
   columns = [c for c in _COLUMNS if c in names] + sorted(names.difference(_COLUMNS))
   fmt = lambda v: "-" if v is None else (str(v) if isinstance(v, int) else f"{v:.4f}")
   lines = ["| task | " + " | ".join(columns) + " |",
