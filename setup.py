@@ -17,5 +17,5 @@ setup(
     packages=find_packages(include=["gemb", "gemb.*"]),
     python_requires=">=3.11",
     install_requires=requirements,
-    extras_require={"test": ["pytest==9.2.0", "scikit-learn==1.9.1"]},
+    extras_require={"test": ["pytest==9.2.0", "scikit-video==1.1.11"]},
 )

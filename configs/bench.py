@@ -15,8 +15,6 @@ def get_config(arg=None):
   c.model = model_config(width=256, depth=4, heads=4, mlp_dim=1024, embed_dim=256,
                          vocab_size=8192, text_len=32, image_size=64, patch=8,
                          modalities=("text", "image"))
-  c.data.image_size = 64
-  c.data.text_max_len = 32
   c.data.vocab_size = 8192
   c.data.batch_size = 128
   c.loss.matryoshka_dims = (256,)

@@ -17,20 +17,34 @@ def get_config(arg=None):
   c.seed = 0
   c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1 = all remaining devices
 
-  image_size, text_len, vocab = (config_dict.FieldReference(32), config_dict.FieldReference(16),
-                                 config_dict.FieldReference(1024))
+  vocab = config_dict.FieldReference(1024)
   c.model = model_config(width=128, depth=2, heads=4, mlp_dim=512, embed_dim=128,
-                         vocab_size=vocab, text_len=text_len, image_size=image_size, patch=8,
+                         vocab_size=vocab, text_len=16, image_size=32, patch=8,
                          modalities=("text", "image"))
-  c.data = dict(dataset="emoji", data_dir="", image_size=image_size, text_max_len=text_len,
-                vocab_size=vocab, batch_size=128, num_workers=0)
+  c.data = dict(
+      tasks=("emoji_image_to_name",), weights=(1.0,),
+      mixing="task",            # task: one task per batch | example: tasks mixed in a batch
+      batch_size=128,           # global, over all processes
+      num_negatives=0,          # hard negatives per query (tasks that provide them)
+      # Prefix queries with their task's instruction. Off here: one task needs no task
+      # cue, and 16 identical tokens in every query slow a 300-step run's learning.
+      instructions=False,
+      on_bad_record="error",    # error | skip (skipped records are counted in train/skipped)
+      data_dir="",              # "" = ~/.cache/gemb/tfds; built-in datasets are built there
+      builtin_config="full",    # full | small (a subset of every built-in dataset, for CI)
+      num_workers=0,            # grain worker processes (0 = in-process)
+      vocab_size=vocab, tokenizer_texts=20000,
+      max_text_chars=100_000, max_audio_seconds=60.0, max_video_frames=2000,  # bad-input bounds
+      custom_tasks={},          # name -> TaskSpec fields, for tfds:/manifest: datasets
+  )
 
   c.loss = dict(kind="infonce", symmetric=True, mask_false_negatives=True,
                 margin=config_dict.placeholder(float),
                 matryoshka_dims=(32, 64, 128), matryoshka_weights=(1.0, 1.0, 1.0),
                 learn_temperature=True, max_logit_scale=100.0)
-  c.optimizer = dict(learning_rate=2e-3, warmup_steps=30, end_lr_fraction=0.0,
+  c.optimizer = dict(learning_rate=3e-3, warmup_steps=30, end_lr_fraction=0.0,
                      weight_decay=0.05, grad_clip_norm=1.0, b1=0.9, b2=0.98, eps=1e-8)
   c.train = dict(steps=300, log_every=25, checkpoint_every=100, keep_checkpoints=2)
-  c.eval = dict(every=0, batch_size=256, dims=(32, 128))  # every=0: only at the end
+  c.eval = dict(every=0, batch_size=256, dims=(32, 128),  # every=0: only at the end
+                tasks=("emoji_image_to_name", "emoji_name_to_image"))
   return c

@@ -186,6 +186,12 @@ def _local_loss(x, scale, bias, *, settings, axes, global_b):
     if "negative_id" in x:
       col_ids = jnp.concatenate([col_ids, gather(x["negative_id"]).reshape(-1)])
     q_drop = _id_mask(x["candidate_id"], col_ids, labels)
+  if "negative_id" in x:
+    # Padding hard negatives (id < 0, see gemb/data/examples.py) are never negatives.
+    neg_ids = gather(x["negative_id"]).reshape(-1)
+    pad = jnp.concatenate([jnp.zeros(cols.shape[0] - neg_ids.shape[0], bool), neg_ids < 0])
+    pad = jnp.broadcast_to(pad[None, :], (b, cols.shape[0]))
+    q_drop = pad if q_drop is None else q_drop | pad
   sym = settings.kind == "infonce" and settings.symmetric
   if sym:
     all_q = gather(q)

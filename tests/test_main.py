@@ -45,7 +45,7 @@ def test_tiny_run_killed_after_first_checkpoint_resumes_and_learns(tmp_path, emo
   with open(os.path.join(workdir, "eval", "step_300.json")) as f:
     result = json.load(f)
   assert result["step"] == 300
-  i2t = result["tasks"]["emoji_image_to_text"]
+  i2t = result["tasks"]["emoji_image_to_name"]
   assert i2t["num_queries"] == i2t["num_candidates"] > 100
   # Held-out emoji never seen in training: retrieval must beat chance by 5x.
   assert i2t["R@1"] >= 5 * i2t["chance_R@1"], i2t

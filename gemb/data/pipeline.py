@@ -1,158 +1,205 @@
-"""Input pipelines: the train stream of contrastive batches and whole splits for evaluation.
+"""Input pipelines: mixtures of tasks as train streams, whole splits as retrieval corpora.
 
-Owns sharding across processes, shuffling, batching, worker processes and resumable
-iterators. Records come from a built-in TFDS dataset (gemb/data/sources.py, whose builders
-name their source assets and licenses); per-record work is in gemb/data/preprocess.py.
-Today's task is image -> name retrieval on the emoji dataset: query = the rendered image,
-candidate = the emoji's name.
+Owns which records each process reads (a disjoint shard: every ``process_count``-th
+record), seeded shuffling that changes every epoch, batching, the weighted mixture of a
+stage's tasks, worker processes and resumable iterators. Per-record work (decode, tokenize,
+pack) is gemb/data/examples.py; record sources are gemb/data/sources.py.
 
-data_config fields read here:
-  dataset      str   built-in dataset name, a key of sources.BUILDERS ("emoji").
-  data_dir     str   where datasets are built and read; "" = ~/.cache/gemb/tfds.
-  image_size   int   images are resized to image_size x image_size.
-  text_max_len int   token ids per text, truncated / padded with 0.
-  batch_size   int   GLOBAL batch size, split evenly over processes.
-  num_workers  int   grain worker processes per process; 0 = decode in-process.
-  vocab_size   int   upper bound of the tokenizer vocabulary (used by whoever trains it on
-                     tokenizer_corpus()).
+Mixing (``data.mixing``):
+  "task"     each batch comes from ONE task, tasks drawn by weight (as Gemini Embedding
+             trains): the step compiles once per task structure, and in-batch negatives
+             are from the same task, so they are hard and meaningful.
+  "example"  every batch mixes tasks by weight; all tasks must share one batch structure.
+
+Config fields read here (config.data): tasks, weights, mixing, batch_size (GLOBAL),
+builtin_config, num_negatives, instructions (prefix task instructions), on_bad_record
+("error" | "skip"), num_workers, data_dir, custom_tasks, max_text_chars /
+max_audio_seconds / max_video_frames (bad-input bounds), tokenizer_texts.
+Input shapes come from config.model (text.max_len, image.size, audio, video).
 """
-import functools
 
 import grain
 import numpy as np
-import tensorflow_datasets as tfds
 
-from gemb.data import preprocess
 from gemb.data import sources
-from gemb.model import batch
+from gemb.data.examples import BadRecord, ExampleLoader, InputShapes, side_slots
+from gemb.data.tasks import TaskSpec
 
-IMAGE_KEY, TEXT_KEY, ID_KEY = "image", "name", "item_id"
-# Records read ahead per process; enough to hide decode latency, small enough that large
-# images do not pile up in memory.
+# Records read ahead per process: enough to hide decode latency, small enough that large
+# media do not pile up in memory.
 _MAX_PREFETCH = 512
 
 
-def _source(data_config, split):
-  # Images stay PNG bytes here and are decoded by the DecodeImage map, i.e. in grain's
-  # worker processes when there are any.
-  return sources.builtin_source(data_config.dataset, split, data_config.data_dir,
-                                decoders={IMAGE_KEY: tfds.decode.SkipDecoding()})
+def task_registry(config):
+  """name -> TaskSpec: the built-in tasks plus ``config.data.custom_tasks``."""
+  tasks = dict(sources.BUILTIN_TASKS)
+  for name, spec in (config.data.get("custom_tasks") or {}).items():
+    spec = dict(spec)
+    fields = spec.pop("fields", None)
+    tasks[name] = TaskSpec(name=name, fields=tuple(sorted(dict(fields).items())) if fields else None,
+                           **spec)
+  return tasks
 
 
-def _split_index(data_config, split):
-  """(item id per record, text per record) of a split."""
-  return _read_index(data_config.dataset, sources.resolve_data_dir(data_config.data_dir),
-                     split)
+def get_tasks(config, names):
+  registry = task_registry(config)
+  unknown = [n for n in names if n not in registry]
+  if unknown:
+    raise ValueError(f"unknown task(s) {unknown}; known: {sorted(registry)}")
+  tasks = [registry[n] for n in names]
+  for t in tasks:
+    missing = set(t.modalities()) - set(config.model.modalities)
+    if missing:
+      raise ValueError(f"task {t.name!r} needs modalities {sorted(missing)} that "
+                       f"model.modalities={tuple(config.model.modalities)} lacks")
+  return tasks
 
 
-@functools.lru_cache(maxsize=16)
-def _read_index(dataset: str, data_dir: str, split: str):
-  # One pass over the split (~1.5 s for 12k records), remembered for the process's lifetime.
-  source = sources.builtin_source(dataset, split, data_dir,
-                                  decoders={IMAGE_KEY: tfds.decode.SkipDecoding()})
-  item_ids, texts = np.empty(len(source), np.int32), []
-  for i in range(len(source)):
-    record = source[i]
-    item_ids[i] = record[ID_KEY]
-    texts.append(record[TEXT_KEY].decode("utf-8"))
-  item_ids.flags.writeable = False  # Shared by every caller.
-  return item_ids, tuple(texts)
+def open_split(config, task, split):
+  return sources.open_source(task, split, config.data.data_dir, config.data.builtin_config)
 
 
-def tokenizer_corpus(data_config) -> list[str]:
-  """The distinct texts of the train split, by item id: the tokenizer's training corpus."""
-  item_ids, texts = _split_index(data_config, "train")
-  by_item = dict(zip(item_ids.tolist(), texts))
-  return [by_item[i] for i in sorted(by_item)]
+def record_order(num_records, seed):
+  """Infinite sequence of shard positions: each epoch a new permutation."""
+  # Shuffle before repeat: grain folds the epoch number into the seed of each pass.
+  return grain.MapDataset.range(num_records).shuffle(seed).repeat()
 
 
-def shard_records(item_ids: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
-  """Indices of the records a process reads: those whose item id % process_count is its own.
-
-  Sharding by item (not by record) keeps all renderings of an item on one process, so the
-  processes' data are disjoint in items.
-  """
+def shard(num_records, process_index, process_count):
+  """Record indices of one process: every process_count-th record, disjoint across processes."""
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
-  return np.flatnonzero(np.asarray(item_ids) % process_count == process_index)
+  return np.arange(process_index, num_records, process_count)
 
 
-def record_order(records: np.ndarray, seed: int) -> grain.MapDataset:
-  """Infinite sequence of record indices: each epoch a new permutation of `records`."""
-  # Shuffle before repeat: grain folds the epoch number into the seed of each pass.
-  return grain.MapDataset.source(np.asarray(records)).shuffle(seed).repeat()
+def make_loader(config, task, tokenizer, split, records, source, *, task_index=0, train=True):
+  d = config.data
+  return ExampleLoader(task, source, records, tokenizer, InputShapes.from_config(config),
+                       split=split, num_negatives=d.num_negatives if train else 0,
+                       on_bad_record=d.on_bad_record, task_index=task_index,
+                       instructions=d.instructions)
 
 
-class _ReadRecord(grain.transforms.Map):
-  """Record index -> record of `source` (a picklable random-access source)."""
-
-  def __init__(self, source):
-    self._source = source
-
-  def map(self, index):
-    return self._source[int(index)]
-
-
-def train_dataset(data_config, tokenizer, *, seed: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
-  """Infinite stream of this process's batches of (image query, name candidate) pairs.
-
-  Each batch has data_config.batch_size // process_count examples:
-    {"query": {"layout": int32[b, 1] (IMAGE), "image": float32[b, 1, H, W, 3]},
-     "candidate": {"layout": int32[b, 1] (TEXT), "text": int32[b, 1, L]},
-     "query_id": int32[b], "candidate_id": int32[b]}   (both the item id)
-  Records are shuffled with `seed`, differently each epoch; the stream depends only on the
-  seed and the sharding, and iter(ds).get_state()/set_state() resume it exactly.
-  num_workers > 0 starts grain worker processes (spawn): they need parsed absl flags, i.e.
-  a program run under absl.app, and a `__main__` guard in the calling script.
-  """
-  if data_config.batch_size % process_count:
-    raise ValueError(f"batch_size={data_config.batch_size} is not divisible by "
-                     f"process_count={process_count}")
-  local_batch = data_config.batch_size // process_count
-  item_ids, _ = _split_index(data_config, "train")
-  records = shard_records(item_ids, process_index, process_count)
+def _task_examples(config, task, tokenizer, *, seed, process_index, process_count, task_index):
+  source = open_split(config, task, task.train_split)
+  records = shard(len(source), process_index, process_count)
+  local_batch = config.data.batch_size // process_count
   if len(records) < local_batch:
-    raise ValueError(f"process {process_index} of {process_count} has {len(records)} train "
-                     f"records, fewer than its batch of {local_batch}")
-  ds = (record_order(records, seed)
-        .map(_ReadRecord(_source(data_config, "train")))
-        .map(preprocess.DecodeImage(data_config.image_size, IMAGE_KEY))
-        .map(preprocess.Tokenize(tokenizer, data_config.text_max_len, TEXT_KEY))
-        .map(preprocess.ImageTextPair(IMAGE_KEY, "tokens", ID_KEY)))
-  # Decoding holds the GIL, so more threads only contend; worker processes
-  # (num_workers) are what scales the per-record work. Threads keep the output order.
-  read = grain.ReadOptions(num_threads=2,
-                           prefetch_buffer_size=min(2 * local_batch, _MAX_PREFETCH))
-  ds = ds.to_iter_dataset(read).batch(local_batch, drop_remainder=True)
-  if data_config.num_workers > 0:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+    raise ValueError(f"task {task.name!r}: process {process_index} of {process_count} has "
+                     f"{len(records)} {task.train_split!r} records, fewer than its batch of "
+                     f"{local_batch}")
+  loader = make_loader(config, task, tokenizer, task.train_split, records, source,
+                       task_index=task_index)
+  return record_order(len(records), seed + 7919 * task_index).map(loader)
+
+
+def batch_structure(config, task):
+  """What decides a batch's shapes: slot counts per side and the hard negatives."""
+  negatives = config.data.num_negatives if task.negatives else 0
+  return (tuple(side_slots(task.query, bool(task.instruction and config.data.instructions)
+                           ).items()),
+          tuple(side_slots(task.candidate, False).items()), negatives)
+
+
+def train_dataset(config, tokenizer, *, seed, process_index=0, process_count=1):
+  """Infinite stream of this process's batches of the configured task mixture.
+
+  Each batch has data.batch_size // process_count examples in the batch format of
+  gemb/model/batch.py plus "task_index" [b] (which task) and "skipped" [b] (bad records
+  replaced under on_bad_record="skip"); the loop pops both before the step. The stream
+  depends only on the seed and the sharding, and iter(ds).get_state()/set_state() resume it
+  exactly (also with worker processes).
+  """
+  d = config.data
+  if d.batch_size % process_count:
+    raise ValueError(f"data.batch_size={d.batch_size} is not divisible by "
+                     f"process_count={process_count}")
+  names, weights = tuple(d.tasks), tuple(d.weights) if d.weights else (1.0,) * len(d.tasks)
+  if not names or len(weights) != len(names) or min(weights) <= 0:
+    raise ValueError(f"data.tasks={names} needs as many positive data.weights, got {weights}")
+  if d.mixing not in ("task", "example"):
+    raise ValueError(f"data.mixing={d.mixing!r}; choose 'task' or 'example'")
+  tasks = get_tasks(config, names)
+  local_batch = d.batch_size // process_count
+  per_task = [_task_examples(config, t, tokenizer, seed=seed, process_index=process_index,
+                             process_count=process_count, task_index=i)
+              for i, t in enumerate(tasks)]
+  read = grain.ReadOptions(num_threads=2, prefetch_buffer_size=min(2 * local_batch,
+                                                                    _MAX_PREFETCH))
+  if d.mixing == "task":
+    batched = [ds.to_iter_dataset(read).batch(local_batch, drop_remainder=True)
+               for ds in per_task]
+    ds = batched[0] if len(batched) == 1 else grain.IterDataset.mix(batched, list(weights))
+  else:
+    structures = {batch_structure(config, t) for t in tasks}
+    if len(structures) > 1:
+      raise ValueError(f"data.mixing='example' needs tasks with one batch structure; "
+                       f"{names} differ (use data.mixing='task')")
+    mixed = per_task[0] if len(per_task) == 1 else grain.MapDataset.mix(per_task, list(weights))
+    ds = mixed.to_iter_dataset(read).batch(local_batch, drop_remainder=True)
+  if d.num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers))
   return ds
 
 
-def retrieval_split(data_config, tokenizer, split: str) -> dict:
-  """A whole split as retrieval corpora: every image, and every distinct text once.
+def retrieval_corpus(config, task, tokenizer, split=None):
+  """A whole split as a retrieval problem: unique queries, unique candidates, relevance.
 
-    {"images": {"layout": int32[n, 1], "image": float32[n, 1, H, W, 3]},
-     "texts": {"layout": int32[m, 1], "text": int32[m, 1, L]},
-     "image_ids": int32[n], "text_ids": int32[m]}
-
-  Image i and text j are relevant iff image_ids[i] == text_ids[j]. Both are sorted by id
-  (images of one item keep record order). Here each item has one name, so relevance is
-  one-to-one in validation/test (one rendering per item) and many-to-one in train.
+  Returns {"queries": side [n, ...], "candidates": side [m, ...], "qrels": list (len n) of
+  {candidate index: 1}, "query_ids": int32 [n], "candidate_ids": int32 [m]}. Queries and
+  candidates are deduplicated by id (first record wins); a query is relevant to every
+  candidate id it is paired with in any record (many-to-many).
   """
-  source = _source(data_config, split)
-  item_ids, texts = _split_index(data_config, split)
-  order = np.argsort(item_ids, kind="stable")
-  decode = preprocess.DecodeImage(data_config.image_size, IMAGE_KEY)
-  images = np.stack([decode.map(source[int(i)])[IMAGE_KEY] for i in order])
-  text_ids, first = np.unique(item_ids, return_index=True)
-  tokens = tokenizer.encode([texts[i] for i in first], data_config.text_max_len)
-  return {
-      "images": {"layout": np.full((len(images), 1), batch.IMAGE, np.int32),
-                 "image": images[:, None]},
-      "texts": {"layout": np.full((len(tokens), 1), batch.TEXT, np.int32),
-                "text": tokens[:, None]},
-      "image_ids": item_ids[order],
-      "text_ids": text_ids.astype(np.int32),
-  }
+  split = split or task.eval_split
+  source = open_split(config, task, split)
+  loader = make_loader(config, task, tokenizer, split, np.arange(len(source)), source,
+                       train=False)
+  queries, candidates, pairs = {}, {}, set()
+  for index in range(len(source)):
+    try:
+      example = loader.load(index)
+    except BadRecord:
+      if config.data.on_bad_record != "skip":
+        raise
+      continue
+    q, c = int(example["query_id"]), int(example["candidate_id"])
+    queries.setdefault(q, example["query"])
+    candidates.setdefault(c, example["candidate"])
+    pairs.add((q, c))
+  if not queries:
+    raise ValueError(f"task {task.name!r} split {split!r} has no usable records")
+  query_ids, candidate_ids = sorted(queries), sorted(candidates)
+  position = {c: j for j, c in enumerate(candidate_ids)}
+  qrels = [dict() for _ in query_ids]
+  row = {q: i for i, q in enumerate(query_ids)}
+  for q, c in pairs:
+    qrels[row[q]][position[c]] = 1
+  stack = lambda sides: {k: np.stack([s[k] for s in sides]) for k in sides[0]}  # noqa: E731
+  return {"queries": stack([queries[q] for q in query_ids]),
+          "candidates": stack([candidates[c] for c in candidate_ids]),
+          "qrels": qrels, "query_ids": np.asarray(query_ids, np.int32),
+          "candidate_ids": np.asarray(candidate_ids, np.int32)}
+
+
+def tokenizer_corpus(config, names=None):
+  """Texts to train the run's sentencepiece model on: the text fields of every configured
+  task's train split (evenly sampled, at most data.tokenizer_texts per task), plus the
+  task instructions."""
+  names = names or tuple(config.data.tasks) + tuple(config.eval.tasks)
+  texts = []
+  for task in get_tasks(config, dict.fromkeys(names)):
+    fields = [s.field for s in task.query + task.candidate if s.modality == "text"]
+    if task.negatives is not None and task.negatives.modality == "text":
+      fields.append(task.negatives.field)
+    if task.instruction:
+      texts.append(task.instruction)
+    if not fields:
+      continue
+    source = open_split(config, task, task.train_split)
+    count = min(len(source), config.data.tokenizer_texts)
+    for index in np.linspace(0, len(source) - 1, count).astype(int):
+      record = source[int(index)]
+      for f in fields:
+        values = record[f] if isinstance(record[f], (list, tuple, np.ndarray)) else [record[f]]
+        texts.extend(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values)
+  return [t for t in dict.fromkeys(t.strip() for t in texts) if t]

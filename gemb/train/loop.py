@@ -16,7 +16,7 @@ from gemb import parallel
 from gemb.data.pipeline import tokenizer_corpus, train_dataset
 from gemb.data.tokenizer import Tokenizer
 from gemb.eval import report
-from gemb.eval.tasks import builtin_tasks, evaluate
+from gemb.eval.tasks import evaluate, load_tasks
 from gemb.train.checkpoint import Checkpointer
 from gemb.train.state import create_train_state
 from gemb.train.step import make_train_step
@@ -29,7 +29,7 @@ def load_or_train_tokenizer(config, workdir):
   if os.path.exists(path):
     tok = Tokenizer.load(path)
   else:
-    tok = Tokenizer.train(tokenizer_corpus(config.data), config.data.vocab_size)
+    tok = Tokenizer.train(tokenizer_corpus(config), config.data.vocab_size)
     if jax.process_index() == 0:
       tok.save(path)
   if tok.vocab_size > config.model.text.vocab_size:
@@ -77,7 +77,7 @@ def train_and_evaluate(config, workdir):
   if per_device:
     raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by the batch "
                      f"axes data*fsdp={mesh.shape['data'] * mesh.shape['fsdp']}")
-  dataset = train_dataset(config.data, tokenizer, seed=config.seed,
+  dataset = train_dataset(config, tokenizer, seed=config.seed,
                           process_index=jax.process_index(), process_count=jax.process_count())
   data_iter = iter(dataset)
 
@@ -94,22 +94,28 @@ def train_and_evaluate(config, workdir):
     state, _ = ckpt.restore(start, state, data_iter)
     logging.info("resumed from step %d", start)
   step = int(state["step"])
-  eval_tasks = builtin_tasks(config.data, tokenizer, "test")
+  eval_tasks = load_tasks(config, tokenizer)
+  task_names = tuple(config.data.tasks)
 
   # ---- Train.
-  t0, step0, last = time.time(), step, None
+  t0, step0, last, skipped_total = time.time(), step, None, 0
   while step < total_steps:
-    batch = parallel.host_to_global(next(data_iter), mesh)
+    host_batch = next(data_iter)
+    task_index, skipped = host_batch.pop("task_index"), host_batch.pop("skipped")
     with jax.set_mesh(mesh):
-      state, metrics = train_step(state, batch)
+      state, metrics = train_step(state, parallel.host_to_global(host_batch, mesh))
     step += 1
+    skipped_total += int(skipped.sum())
     if step % config.train.log_every == 0 or step == total_steps:
       metrics = jax.device_get(metrics)
       elapsed = time.time() - t0
       rate = (step - step0) / elapsed
-      writer.scalars(step, {f"train/{k}": float(v) for k, v in metrics.items()}
-                     | {"train/steps_per_s": rate,
-                        "train/examples_per_s": rate * config.data.batch_size})
+      scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
+      if config.data.mixing == "task":  # the whole batch is one task
+        scalars[f"train/loss/{task_names[int(task_index[0])]}"] = float(metrics["loss"])
+      writer.scalars(step, scalars | {"train/steps_per_s": rate,
+                                      "train/examples_per_s": rate * config.data.batch_size,
+                                      "train/skipped_records": skipped_total})
       logging.info("step %d/%d loss %.4f acc %.3f | %.2f steps/s, ETA %.0fs", step, total_steps,
                    metrics["loss"], metrics.get("accuracy", np.nan), rate,
                    (total_steps - step) / max(rate, 1e-9))

@@ -1,0 +1,21 @@
+"""What every built-in TFDS builder of gemb shares: ArrayRecord output and its code path."""
+
+import sys
+
+from etils import epath
+import tensorflow_datasets as tfds
+
+
+class GembBuilder(tfds.core.GeneratorBasedBuilder):
+  """Base of gemb's builders (abstract: TFDS does not register it as a dataset)."""
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    # TFDS's own lookup for builders inside a package touches `importlib_resources`, which
+    # it only requires on Python < 3.9, so it fails here; the answer is the builder's file.
+    return epath.Path(sys.modules[cls.__module__].__file__)
+
+  def __init__(self, *, file_format="array_record", **kwargs):
+    # array_record: the random-access format tfds.data_source and grain read without TF.
+    super().__init__(file_format=file_format, **kwargs)

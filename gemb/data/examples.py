@@ -1,0 +1,194 @@
+"""Record -> contrastive example: decode every segment of a task and pack fixed-shape sides.
+
+``ExampleLoader`` is the grain transform between a random-access source and batching. For
+a task (gemb/data/tasks.py) it reads a record, decodes each segment with its modality's
+loader (gemb/data/media/), tokenizes text (with the task instruction as a leading text
+segment of the query), and packs each side in the batch format of gemb/model/batch.py
+with the task's static slot counts, so every example of a task has identical shapes.
+
+Bad records (corrupt media, empty or over-long text, missing field or file) raise
+``BadRecord`` naming the dataset, split, record index and field. With
+``on_bad_record="skip"`` the loader instead takes the next record of its own shard and
+counts what it skipped in the example's ``skipped`` field (summed per batch -> metrics).
+"""
+
+import dataclasses
+
+import numpy as np
+
+from gemb.data.media import MediaError
+from gemb.data.media.audio import load_audio
+from gemb.data.media.image import load_image
+from gemb.data.media.video import load_video
+from gemb.model.batch import MODALITIES, PAD_ID
+
+# Examples carrying fewer hard negatives than K are padded with this id; the loss masks
+# every column whose id is negative, so padding never acts as a negative.
+PAD_NEGATIVE_ID = -1
+
+
+class BadRecord(ValueError):
+  """A record that cannot become an example; the message names where it is."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InputShapes:
+  """Static per-segment shapes, read from the model config."""
+  text_len: int
+  image_size: int
+  audio_rate: int
+  audio_samples: int
+  video_frames: int
+  video_size: int
+  max_text_chars: int = 100_000
+  max_audio_seconds: float = 60.0
+  max_video_frames: int = 2000
+
+  @classmethod
+  def from_config(cls, config):
+    m, d = config.model, config.data
+    return cls(text_len=m.text.max_len, image_size=m.image.size, audio_rate=m.audio.sample_rate,
+               audio_samples=m.audio.num_samples, video_frames=m.video.frames,
+               video_size=m.video.size, max_text_chars=d.max_text_chars,
+               max_audio_seconds=d.max_audio_seconds, max_video_frames=d.max_video_frames)
+
+
+def side_slots(segments, with_instruction):
+  """Slots per modality of one side: its segments (+1 text for an instruction)."""
+  slots = {m: sum(s.modality == m for s in segments) for m in MODALITIES}
+  slots["text"] += bool(with_instruction)
+  return slots
+
+
+class ExampleLoader:
+  """Shard position -> one example of ``task`` (a grain MapTransform-compatible callable)."""
+
+  def __init__(self, task, source, records, tokenizer, shapes, *, split, num_negatives=0,
+               on_bad_record="error", task_index=0, instructions=True):
+    if on_bad_record not in ("error", "skip"):
+      raise ValueError(f"data.on_bad_record={on_bad_record!r}; choose 'error' or 'skip'")
+    self.task, self.source, self.records = task, source, np.asarray(records)
+    self.tokenizer, self.shapes, self.split = tokenizer, shapes, split
+    self.num_negatives = num_negatives if task.negatives else 0
+    self.skip, self.task_index = on_bad_record == "skip", task_index
+    self.instruction_ids = (tokenizer.encode([task.instruction], shapes.text_len)[0]
+                            if task.instruction and instructions else None)
+
+  # ---- grain interface: MapDataset.map(loader) calls this with one shard position.
+  def __call__(self, position):
+    position = int(position)
+    for attempt in range(len(self.records)):
+      index = int(self.records[(position + attempt) % len(self.records)])
+      try:
+        example = self.load(index)
+      except BadRecord:
+        if not self.skip:
+          raise
+        continue
+      example["skipped"] = np.int32(attempt)
+      return example
+    raise BadRecord(f"{self._where()}: every record of this shard is bad")
+
+  def load(self, index):
+    """Record ``index`` of the source -> example dict (raises BadRecord)."""
+    try:
+      record = self.source[index]
+    except (OSError, ValueError, KeyError) as e:
+      raise BadRecord(f"{self._where(index)}: cannot read the record: {e}") from e
+    t = self.task
+    example = {
+        "query": self.side(record, index, t.query, self.instruction_ids),
+        "candidate": self.side(record, index, t.candidate, None),
+        "query_id": np.int32(self.record_id(record, index, t.query_id)),
+        "candidate_id": np.int32(self.record_id(record, index, t.candidate_id)),
+        "task_index": np.int32(self.task_index),
+    }
+    if self.num_negatives:
+      example["negatives"], example["negative_id"] = self.negatives(record, index)
+    return example
+
+  def side(self, record, index, segments, instruction_ids):
+    """Packs the segments of one side into slot arrays [S_m, ...] and a layout [S]."""
+    slots = side_slots(segments, instruction_ids is not None)
+    values = {m: [] for m in MODALITIES}
+    layout = []
+    if instruction_ids is not None:
+      values["text"].append(instruction_ids)
+      layout.append(MODALITIES.index("text"))
+    lengths = []
+    for seg in segments:
+      value = self.field(record, index, seg.field)
+      decoded = self.decode(seg.modality, value, index, seg.field)
+      if seg.modality == "audio":
+        decoded, length = decoded
+        lengths.append(length)
+      values[seg.modality].append(decoded)
+      layout.append(MODALITIES.index(seg.modality))
+    side = {"layout": np.asarray(layout, np.int32)}
+    for m in MODALITIES:
+      if slots[m]:
+        side[m] = np.stack(values[m])
+    if slots["audio"]:
+      side["audio_length"] = np.asarray(lengths, np.int32)
+    return side
+
+  def negatives(self, record, index):
+    """K hard negatives as a side [K, ...] plus ids [K]; missing ones are padding."""
+    t, k = self.task, self.num_negatives
+    values = list(self.field(record, index, t.negatives.field))
+    ids = [int(i) for i in self.field(record, index, t.negative_ids)]
+    if len(values) != len(ids):
+      raise BadRecord(f"{self._where(index)}: {len(values)} negatives in {t.negatives.field!r} "
+                      f"but {len(ids)} ids in {t.negative_ids!r}")
+    values, ids = values[:k], ids[:k]
+    sides = [self.side({t.negatives.field: v}, index, (t.negatives,), None) for v in values]
+    if not sides:  # no negative at all: a placeholder of the right shape, fully masked
+      sides = [self.side(record, index, t.candidate, None)]
+      ids = []
+    sides += [sides[0]] * (k - len(sides))
+    ids = ids + [PAD_NEGATIVE_ID] * (k - len(ids))
+    stacked = {key: np.stack([s[key] for s in sides]) for key in sides[0]}
+    return stacked, np.asarray(ids, np.int32)
+
+  def decode(self, modality, value, index, field):
+    s = self.shapes
+    try:
+      if modality == "text":
+        return self.tokenize(value)
+      if modality == "image":
+        return load_image(value, s.image_size)
+      if modality == "audio":
+        return load_audio(value, sample_rate=s.audio_rate, num_samples=s.audio_samples,
+                          max_seconds=s.max_audio_seconds)
+      return load_video(value, frames=s.video_frames, size=s.video_size,
+                        max_frames=s.max_video_frames)
+    except MediaError as e:
+      raise BadRecord(f"{self._where(index)}, field {field!r} ({modality}): {e}") from e
+
+  def tokenize(self, value):
+    if isinstance(value, (list, tuple, np.ndarray)) and not isinstance(value, str):
+      raise MediaError(f"expected one text, got a list of {len(value)}")
+    text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    if not text.strip():
+      raise MediaError("empty text")
+    if len(text) > self.shapes.max_text_chars:
+      raise MediaError(f"text of {len(text)} characters exceeds data.max_text_chars="
+                       f"{self.shapes.max_text_chars}")
+    ids = self.tokenizer.encode([text], self.shapes.text_len)[0]
+    if not np.any(ids != PAD_ID):
+      raise MediaError(f"text {text[:40]!r} has no tokens")
+    return ids
+
+  def field(self, record, index, name):
+    if name not in record:
+      raise BadRecord(f"{self._where(index)}: no field {name!r}; fields: {sorted(record)}")
+    return record[name]
+
+  def record_id(self, record, index, name):
+    """An id field's value; ``None`` as the field name means the record index."""
+    return index if name is None else int(self.field(record, index, name))
+
+  def _where(self, index=None):
+    where = f"dataset {self.task.dataset!r} split {self.split!r} (task {self.task.name!r})"
+    return where if index is None else f"{where} record {index}"
+

@@ -1,0 +1,85 @@
+"""Tasks: what a contrastive task reads from its records, and the registry of built-in tasks.
+
+A task turns records of one dataset into (query, candidate[, hard negatives]) examples in
+the batch format of gemb/model/batch.py. It names, per side, the ordered segments of an
+example as ``Segment(modality, field)``; the pipeline decodes each field with its
+modality's loader (gemb/data/media/) and packs the segments in that order.
+
+Record field types a task may point at (what ``tfds.data_source`` returns without TF):
+  text   bytes or str; an empty text is a bad record.
+  image  PNG / JPEG bytes (or uint8 [H, W, 3]).
+  audio  WAV / OGG bytes (or float32 [N] at the builder's declared rate).
+  video  a sequence of PNG / JPEG frame bytes, or encoded video bytes (mp4/webm).
+Hard negatives: a field holding a *list* of values of the candidate's (single-segment)
+modality, and a field with a list of their ids; the pipeline pads / samples them to K.
+
+Ids: ``query_id`` / ``candidate_id`` name integer fields; examples whose candidates share
+an id are false negatives of each other (masked by the loss), and evaluation treats every
+candidate with the query's relevant id as relevant.
+
+Built-in datasets declare their tasks next to their builders (``TASKS`` in each
+gemb/data/builtin/<name>.py); ``BUILTIN_TASKS`` collects them by name.
+"""
+
+import dataclasses
+
+from gemb.model.batch import MODALITIES
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  modality: str  # one of gemb.model.batch.MODALITIES
+  field: str     # record field holding the raw value
+
+  def __post_init__(self):
+    if self.modality not in MODALITIES:
+      raise ValueError(f"segment {self.field!r}: unknown modality {self.modality!r}; "
+                       f"known: {MODALITIES}")
+
+  @classmethod
+  def parse(cls, spec):
+    """'image:base_image' -> Segment('image', 'base_image')."""
+    if isinstance(spec, Segment):
+      return spec
+    modality, sep, field = str(spec).partition(":")
+    if not sep or not field:
+      raise ValueError(f"segment spec {spec!r} must look like 'modality:field'")
+    return cls(modality, field)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """One contrastive task over one dataset."""
+  name: str                       # unique, e.g. "emoji_image_to_name"
+  dataset: str                    # built-in name (sources.BUILDERS), "tfds:<name>" or "manifest:<path>"
+  query: tuple[Segment, ...]      # segments of a query, in order
+  candidate: tuple[Segment, ...]  # segments of a candidate, in order
+  query_id: str | None             # int field: id of the query item (None: the record index)
+  candidate_id: str | None         # int field: id of the candidate item (None: record index)
+  negatives: Segment | None = None  # field with a list of hard negatives (candidate modality)
+  negative_ids: str | None = None   # field with the list of their ids
+  instruction: str = ""           # prefixed to the query as a leading text segment
+  train_split: str = "train"
+  eval_split: str = "test"
+  description: str = ""
+  # External sources only ("tfds:..."): (task field, source path) pairs, e.g.
+  # (("caption", "captions/text"), ("image", "image")).
+  fields: tuple | None = None
+
+  def __post_init__(self):
+    object.__setattr__(self, "query", tuple(Segment.parse(s) for s in self.query))
+    object.__setattr__(self, "candidate", tuple(Segment.parse(s) for s in self.candidate))
+    if self.negatives is not None:
+      object.__setattr__(self, "negatives", Segment.parse(self.negatives))
+      if len(self.candidate) != 1 or self.negatives.modality != self.candidate[0].modality:
+        raise ValueError(f"task {self.name!r}: hard negatives need a single-segment candidate "
+                         "of the same modality")
+      if not self.negative_ids:
+        raise ValueError(f"task {self.name!r}: negatives need negative_ids")
+    if not self.query or not self.candidate:
+      raise ValueError(f"task {self.name!r}: query and candidate need at least one segment")
+
+  def modalities(self):
+    """Modalities used on any side (the model config must include them)."""
+    segs = self.query + self.candidate + ((self.negatives,) if self.negatives else ())
+    return sorted({s.modality for s in segs} | ({"text"} if self.instruction else set()))
