@@ -53,7 +53,8 @@ def synthetic_batch(config, seed=0):
   b, m = config.data.batch_size, config.model
   return {
       "query": {"layout": np.full((b, 1), IMAGE, np.int32),
-                "image": rng.uniform(-1, 1, (b, 1, m.image.size, m.image.size, 3)).astype(np.float32)},
+                "image": rng.uniform(-1, 1, (b, 1, m.image.size, m.image.size, 3)
+                                     ).astype(np.float32)},
       "candidate": {"layout": np.full((b, 1), TEXT, np.int32),
                     "text": rng.integers(4, m.text.vocab_size, (b, 1, m.text.max_len), np.int32)},
       "query_id": np.arange(b, dtype=np.int32), "candidate_id": np.arange(b, dtype=np.int32),

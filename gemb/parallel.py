@@ -44,7 +44,8 @@ def make_mesh(mesh_config, devices=None):
     raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
   fixed = math.prod(s for s in sizes if s != -1)
   if any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"config.mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
+    raise ValueError("config.mesh: sizes must be positive or -1, got "
+                     f"{dict(zip(MESH_AXES, sizes))}")
   if -1 in sizes:
     if len(devices) % fixed:
       raise ValueError(f"config.mesh: {len(devices)} devices are not divisible by {fixed}")

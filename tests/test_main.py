@@ -1,4 +1,4 @@
-"""End to end: `python -m gemb.main` on configs/tiny.py, SIGKILLed and resumed, as a user runs it."""
+"""End to end: `python -m gemb.main` on configs/tiny.py, SIGKILLed and resumed, as users run it."""
 
 import json
 import os

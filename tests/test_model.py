@@ -196,7 +196,8 @@ def test_sharded_forward_equals_single_device():
   assert params["encoder"]["blocks"]["mlp"]["up"]["kernel"].sharding.spec == \
       jax.sharding.PartitionSpec(None, "fsdp", "tensor")
   with jax.set_mesh(mesh):
-    out = jax.jit(lambda p, s: nnx.merge(graphdef, p)(s))(params, parallel.host_to_global(side, mesh))
+    forward = jax.jit(lambda p, s: nnx.merge(graphdef, p)(s))
+    out = forward(params, parallel.host_to_global(side, mesh))
   np.testing.assert_allclose(np.asarray(out), single, atol=1e-5, rtol=1e-5)
 
 

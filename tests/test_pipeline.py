@@ -115,7 +115,8 @@ def test_missing_field_is_named(tokenizer):
 def memory_sources(monkeypatch):
   """Routes the "memory" dataset to in-memory records (same records for every split)."""
   records = memory_records()
-  monkeypatch.setattr(pipeline.sources, "open_source", lambda task, split, data_dir="", builtin_config="full": records)
+  monkeypatch.setattr(pipeline.sources, "open_source",
+                      lambda task, split, data_dir="", builtin_config="full": records)
   monkeypatch.setattr(pipeline, "task_registry",
                       lambda c: {t.name: t for t in (TASK, TEXT_TASK, CAPTION_TASK)})
   return records

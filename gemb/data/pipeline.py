@@ -36,8 +36,8 @@ def task_registry(config):
   for name, spec in (config.data.get("custom_tasks") or {}).items():
     spec = dict(spec)
     fields = spec.pop("fields", None)
-    tasks[name] = TaskSpec(name=name, fields=tuple(sorted(dict(fields).items())) if fields else None,
-                           **spec)
+    fields = tuple(sorted(dict(fields).items())) if fields else None
+    tasks[name] = TaskSpec(name=name, fields=fields, **spec)
   return tasks
 
 

@@ -51,7 +51,7 @@ class Segment:
 class TaskSpec:
   """One contrastive task over one dataset."""
   name: str                       # unique, e.g. "emoji_image_to_name"
-  dataset: str                    # built-in name (sources.BUILDERS), "tfds:<name>" or "manifest:<path>"
+  dataset: str                    # sources.BUILDERS key, "tfds:<name>" or "manifest:<path>"
   query: tuple[Segment, ...]      # segments of a query, in order
   candidate: tuple[Segment, ...]  # segments of a candidate, in order
   query_id: str | None             # int field: id of the query item (None: the record index)

@@ -9,8 +9,9 @@ DESIGN.md:
                         "by_dim": {"<d>": {"R@1": f, ...}}}}}
 
 "by_dim" (optional) holds the same metrics at each evaluated Matryoshka output size; the
-top-level values are those of the largest size. Metric values are fractions in [0, 1]; keys starting with "num_" are counts. Writes are
-atomic (a temp file in the same directory, then a rename), so a reader polling the directory
+top-level values are those of the largest size. Metric values are fractions in [0, 1];
+keys starting with "num_" are counts. Writes are atomic (a temp file in the same
+directory, then a rename), so a reader polling the directory
 or a job killed mid-write never sees a truncated file.
 """
 import json

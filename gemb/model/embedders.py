@@ -8,6 +8,7 @@ the position of a segment in the interleaved sequence is added by the model.
 """
 
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from gemb.model import audio_features
@@ -73,7 +74,7 @@ class AudioEmbedder(nnx.Module):
   """Waveforms [B, S, N] -> log-mel [F, M] -> (time x mel) patches -> linear + positions."""
 
   def __init__(self, cfg, width, *, rngs):
-    self.cfg = cfg
+    self.cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: the graphdef is a jit key
     frames = audio_features.num_frames(cfg.num_samples, cfg.n_fft, cfg.hop)
     pt, pm = cfg.patch_time, cfg.patch_mel
     if cfg.n_mels % pm:
@@ -111,7 +112,7 @@ class VideoEmbedder(nnx.Module):
   """Videos [B, S, T, H, W, 3] -> tubelets (t x p x p) -> linear + time/row/column positions."""
 
   def __init__(self, cfg, width, *, rngs):
-    self.cfg = cfg
+    self.cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: the graphdef is a jit key
     if cfg.frames % cfg.tubelet_time or cfg.size % cfg.patch:
       raise ValueError(f"model.video: frames={cfg.frames} must be a multiple of tubelet_time="
                        f"{cfg.tubelet_time} and size={cfg.size} of patch={cfg.patch}")

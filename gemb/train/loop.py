@@ -4,7 +4,6 @@ Read top to bottom, it is one run. Rerunning with the same workdir resumes from 
 checkpoint, data iterator included, so the continued run sees the batches it would have.
 """
 
-import json
 import os
 import time
 
@@ -46,9 +45,9 @@ def run_eval(config, workdir, step, graphdef, params, mesh, tasks, writer):
     for name, metrics in per_task.items():
       if dim == max(config.eval.dims):
         results[name] = dict(metrics, by_dim={})
-      results[name]["by_dim"][str(dim)] = {k: v for k, v in metrics.items() if k.startswith(("R@", "NDCG", "MRR"))}
-      writer.scalars(step, {f"eval/{name}/{k}@{dim}": v for k, v in metrics.items()
-                            if k.startswith(("R@", "NDCG", "MRR"))})
+      ranking = {k: v for k, v in metrics.items() if k.startswith(("R@", "NDCG", "MRR"))}
+      results[name]["by_dim"][str(dim)] = ranking
+      writer.scalars(step, {f"eval/{name}/{k}@{dim}": v for k, v in ranking.items()})
   if jax.process_index() == 0:
     path = report.write_eval_json(workdir, step, "train", results)
     logging.info("eval at step %d -> %s\n%s", step, path, report.markdown_table(results))

@@ -1,5 +1,6 @@
-"""What every built-in TFDS builder of gemb shares: ArrayRecord output and its code path."""
+"""What every built-in TFDS builder of gemb shares: ArrayRecord output, code path, split rule."""
 
+import hashlib
 import sys
 
 from etils import epath
@@ -19,3 +20,18 @@ class GembBuilder(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *, file_format="array_record", **kwargs):
     # array_record: the random-access format tfds.data_source and grain read without TF.
     super().__init__(file_format=file_format, **kwargs)
+
+
+def stable_int(text: str) -> int:
+  """A hash of text that is the same in every process and Python version."""
+  return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+
+
+def hash_split(key: str, train_percent: int, validation_percent: int) -> str:
+  """train / validation / test by a stable hash of ``key``: the builders' split rule."""
+  bucket = stable_int(key) % 100
+  if bucket < train_percent:
+    return "train"
+  if bucket < train_percent + validation_percent:
+    return "validation"
+  return "test"

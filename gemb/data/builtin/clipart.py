@@ -43,7 +43,6 @@ clipart_keywords_to_image (ids: keywords_id).
 """
 import collections
 import dataclasses
-import hashlib
 import io
 import logging
 import os
@@ -108,21 +107,11 @@ def normalize_text(text: str) -> str:
   return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
-def _stable_int(text: str) -> int:
-  """A hash of text that is the same in every process and Python version."""
-  return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
-
-
 def split_of(title_key: str, unique: bool) -> str:
   """The split of a title: shared titles train; unique ones by a hash of the title."""
   if not unique:
     return "train"
-  bucket = _stable_int(title_key) % 100
-  if bucket < TRAIN_PERCENT:
-    return "train"
-  if bucket < TRAIN_PERCENT + VALIDATION_PERCENT:
-    return "validation"
-  return "test"
+  return base.hash_split(title_key, TRAIN_PERCENT, VALIDATION_PERCENT)
 
 
 def parse_metadata(svg_path: str) -> tuple[str, tuple[str, ...]]:
@@ -255,7 +244,7 @@ def small_subset(items, assigned):
   keep = []
   for split, n in SMALL_TITLES.items():
     keys = sorted((k for k, its in by_title.items() if assigned[its[0].item_id][0] == split),
-                  key=lambda k: (_stable_int(k), k))
+                  key=lambda k: (base.stable_int(k), k))
     for k in keys[:n]:
       keep.extend(by_title[k][:SMALL_ITEMS_PER_TITLE])
   return sorted(keep, key=lambda it: it.item_id)

@@ -40,7 +40,6 @@ Tasks (`TASKS`): code_docstring_to_code (docstring -> function) and code_code_to
 """
 import ast
 import dataclasses
-import hashlib
 import os
 import sys
 import sysconfig
@@ -74,19 +73,9 @@ def stdlib_dir() -> str:
   return sysconfig.get_paths()["stdlib"]
 
 
-def _stable_int(text: str) -> int:
-  """A hash of text that is the same in every process and Python version."""
-  return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
-
-
 def split_of(module: str) -> str:
   """The split (train / validation / test) of a module, from a hash of its dotted name."""
-  bucket = _stable_int(module) % 100
-  if bucket < TRAIN_PERCENT:
-    return "train"
-  if bucket < TRAIN_PERCENT + VALIDATION_PERCENT:
-    return "validation"
-  return "test"
+  return base.hash_split(module, TRAIN_PERCENT, VALIDATION_PERCENT)
 
 
 def find_modules(root: str) -> dict[str, str]:
@@ -108,7 +97,7 @@ def find_modules(root: str) -> dict[str, str]:
 
 def module_order(modules) -> list[str]:
   """Modules in the order builds read them (dedup keeps the first; small takes a prefix)."""
-  return sorted(modules, key=lambda m: (_stable_int("order:" + m), m))
+  return sorted(modules, key=lambda m: (base.stable_int("order:" + m), m))
 
 
 def first_paragraph(docstring: str) -> str:

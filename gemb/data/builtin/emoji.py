@@ -30,7 +30,6 @@ Tasks (`TASKS`): emoji_image_to_name (image -> its name) and emoji_name_to_image
 """
 import dataclasses
 import functools
-import hashlib
 import io
 import os
 import re
@@ -111,19 +110,9 @@ def base_key(codepoints) -> str:
   return " 200D ".join(" ".join(f"{c:04X}" for c in p) for p in kept)
 
 
-def _stable_int(text: str) -> int:
-  """A hash of text that is the same in every process and Python version."""
-  return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
-
-
 def split_of(key: str) -> str:
   """The split of a variant family, from a hash of its base key."""
-  bucket = _stable_int(key) % 100
-  if bucket < TRAIN_PERCENT:
-    return "train"
-  if bucket < TRAIN_PERCENT + VALIDATION_PERCENT:
-    return "validation"
-  return "test"
+  return base.hash_split(key, TRAIN_PERCENT, VALIDATION_PERCENT)
 
 
 def first_families(keys, per_split) -> set[str]:
@@ -134,7 +123,8 @@ def first_families(keys, per_split) -> set[str]:
   """
   chosen = set()
   for split, n in per_split.items():
-    in_split = sorted({k for k in keys if split_of(k) == split}, key=lambda k: (_stable_int(k), k))
+    in_split = sorted({k for k in keys if split_of(k) == split},
+                      key=lambda k: (base.stable_int(k), k))
     chosen.update(in_split[:n])
   return chosen
 
@@ -222,7 +212,7 @@ def canonical_rendering(glyph: Image.Image) -> Image.Image:
 
 def train_rendering(glyph: Image.Image, emoji: Emoji, index: int) -> Image.Image:
   """The index-th random rendering of an emoji; same inputs, same pixels on every build."""
-  rng = np.random.default_rng([_stable_int(emoji.chars), index])
+  rng = np.random.default_rng([base.stable_int(emoji.chars), index])
   return compose(glyph, scale=rng.uniform(*TRAIN_SCALE), shift=tuple(rng.uniform(0, 1, 2)),
                  background=tuple(rng.integers(0, 256, 3)))
 

@@ -59,7 +59,6 @@ import dataclasses
 import functools
 import glob
 import gzip
-import hashlib
 import io
 import os
 import re
@@ -152,19 +151,9 @@ def normalize(text: str) -> str:
   return _NOT_ALNUM.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
-def _stable_int(text: str) -> int:
-  """A hash of text that is the same in every process and Python version."""
-  return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
-
-
 def split_of(text: str) -> str:
   """The split of a text, from a hash of its normalized form."""
-  bucket = _stable_int(normalize(text)) % 100
-  if bucket < TRAIN_PERCENT:
-    return "train"
-  if bucket < TRAIN_PERCENT + VALIDATION_PERCENT:
-    return "validation"
-  return "test"
+  return base.hash_split(normalize(text), TRAIN_PERCENT, VALIDATION_PERCENT)
 
 
 # ---------------------------------------------------------------------------- text sources
@@ -283,7 +272,7 @@ def select_texts(quotas, reserved=()) -> list[SpeechText]:
     else:
       texts = candidates[source]()
     chosen = []
-    for t in sorted(texts, key=lambda t: (_stable_int(normalize(t)), t)):
+    for t in sorted(texts, key=lambda t: (base.stable_int(normalize(t)), t)):
       if len(chosen) == FULL_QUOTAS[source]:
         break
       key = normalize(t)
@@ -311,7 +300,7 @@ def readings(text: SpeechText, count: int) -> list[Reading]:
   """count distinct voices of the text's language with a speed and pitch each, seeded by
   the text (the same readings on every build)."""
   voices = [v + variant for v in VOICES[text.language] for variant in VARIANTS]
-  rng = np.random.default_rng(_stable_int("readings:" + normalize(text.text)))
+  rng = np.random.default_rng(base.stable_int("readings:" + normalize(text.text)))
   picks = rng.choice(len(voices), size=count, replace=False)
   return [Reading(voices[i], int(rng.integers(SPEED_RANGE[0], SPEED_RANGE[1] + 1)),
                   int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1))) for i in picks]

@@ -57,7 +57,6 @@ wrong answers: the task asks for the sense in the record.
 import collections
 import dataclasses
 import functools
-import hashlib
 import itertools
 import os
 import re
@@ -108,20 +107,10 @@ def family_key(lemma: str) -> str:
   return re.sub(r"[\W_]+", "", lemma.lower()) or lemma.lower()
 
 
-def _stable_int(text: str) -> int:
-  """A hash of text that is the same in every process and Python version."""
-  return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
-
-
 @functools.lru_cache(maxsize=None)
 def split_of(family: str) -> str:
   """The split (train / validation / test) of a lemma family, from a hash of its key."""
-  bucket = _stable_int(family) % 100
-  if bucket < TRAIN_PERCENT:
-    return "train"
-  if bucket < TRAIN_PERCENT + VALIDATION_PERCENT:
-    return "validation"
-  return "test"
+  return base.hash_split(family, TRAIN_PERCENT, VALIDATION_PERCENT)
 
 
 def synset_split(synset: Synset) -> str:
@@ -226,7 +215,7 @@ def build_records(synsets: dict[int, Synset], max_train_pairs: int | None = None
   # Per hypernym and split, its hyponyms that are items, in hash order. A synset walks each
   # of its hypernyms' lists from a place set by its own hash: a stable, per-synset choice
   # in O(K) rather than a sort of all siblings (hypernyms have up to ~600 hyponyms).
-  rank = {i: _stable_int(str(i)) for i in synsets}
+  rank = {i: base.stable_int(str(i)) for i in synsets}
   by_hypernym = collections.defaultdict(lambda: collections.defaultdict(list))
   for h, kids in children.items():
     for t in sorted(kids, key=lambda t: (rank[t], t)):
@@ -273,7 +262,7 @@ def build_records(synsets: dict[int, Synset], max_train_pairs: int | None = None
   by_family = collections.defaultdict(list)
   for i in sorted(definitions):
     by_family[family_key(synsets[i].lemmas[0])].append(synsets[i])
-  order = sorted(by_family, key=lambda f: (_stable_int("order:" + f), f))
+  order = sorted(by_family, key=lambda f: (base.stable_int("order:" + f), f))
   out = {}
   for make, names, cap in ((word_records, WORD_SPLITS, max_train_pairs),
                            (example_records, EXAMPLE_SPLITS, max_train_examples)):
