@@ -136,3 +136,9 @@ def markdown_table(tasks):
     cells = [fmt(tasks[task].get(c)) for c in columns]
     lines.append(f"| {task} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+def eval_scalars(tasks):
+  """TensorBoard scalars of eval results: eval/<task>/<metric>@<dim> for every by_dim entry."""
+  return {f"eval/{name}/{k}@{d}": v for name, metrics in tasks.items()
+          for d, ranking in metrics.get("by_dim", {}).items() for k, v in ranking.items()}

@@ -40,6 +40,19 @@ def load_tasks(config, tokenizer, names=None):
   return {t.name: retrieval_corpus(config, t, tokenizer) for t in get_tasks(config, names)}
 
 
+def evaluate_dims(graphdef, params, mesh, tasks, dims, batch_size):
+  """Every metric at the largest dim, plus the ranking metrics of each dim under "by_dim"."""
+  results = {}
+  for dim in sorted(dims, reverse=True):
+    for name, metrics in evaluate(graphdef, params, mesh, tasks, dim=dim,
+                                  batch_size=batch_size).items():
+      if dim == max(dims):
+        results[name] = dict(metrics, by_dim={})
+      results[name]["by_dim"][str(dim)] = {k: v for k, v in metrics.items()
+                                           if k.startswith(("R@", "NDCG", "MRR"))}
+  return results
+
+
 def evaluate(graphdef, params, mesh, tasks, *, dim, batch_size):
   """Retrieval metrics per task at one Matryoshka dim."""
   embed = make_embed_fn(graphdef, params, mesh, dim)

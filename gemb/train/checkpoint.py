@@ -49,6 +49,12 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
 
+  def restore_params(self, step, state_like):
+    """Restores only ``state`` onto the shardings of ``state_like`` (no data iterator)."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state(state_like))))
+    return restored["state"]
+
   def wait(self):
     self.manager.wait_until_finished()
 

@@ -15,7 +15,7 @@ from gemb import parallel
 from gemb.data.pipeline import tokenizer_corpus, train_dataset
 from gemb.data.tokenizer import Tokenizer
 from gemb.eval import report
-from gemb.eval.tasks import evaluate, load_tasks
+from gemb.eval.tasks import evaluate_dims, load_tasks
 from gemb.train.checkpoint import Checkpointer
 from gemb.train.state import create_train_state
 from gemb.train.step import make_train_step
@@ -39,15 +39,9 @@ def load_or_train_tokenizer(config, workdir):
 
 def run_eval(config, workdir, step, graphdef, params, mesh, tasks, writer):
   """Evaluates every task at each configured Matryoshka dim; writes eval/step_<N>.json."""
-  results = {}
-  for dim in sorted(config.eval.dims, reverse=True):
-    per_task = evaluate(graphdef, params, mesh, tasks, dim=dim, batch_size=config.eval.batch_size)
-    for name, metrics in per_task.items():
-      if dim == max(config.eval.dims):
-        results[name] = dict(metrics, by_dim={})
-      ranking = {k: v for k, v in metrics.items() if k.startswith(("R@", "NDCG", "MRR"))}
-      results[name]["by_dim"][str(dim)] = ranking
-      writer.scalars(step, {f"eval/{name}/{k}@{dim}": v for k, v in ranking.items()})
+  results = evaluate_dims(graphdef, params, mesh, tasks, config.eval.dims,
+                          config.eval.batch_size)
+  writer.scalars(step, report.eval_scalars(results))
   if jax.process_index() == 0:
     path = report.write_eval_json(workdir, step, "train", results)
     logging.info("eval at step %d -> %s\n%s", step, path, report.markdown_table(results))

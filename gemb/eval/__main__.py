@@ -1,0 +1,154 @@
+"""Evaluate a run's checkpoint: python -m gemb.eval --workdir=DIR [--step=N] [--tasks=a,b]
+[--dims=64,128] [--batch_size=256].
+
+Restores the params of DIR/checkpoints/<N> (latest by default) onto the config's mesh,
+evaluates every task at every dim, and compares with two baselines: chance and the
+untrained model (random init with the config's seed). Writes DIR/eval/step_<N>.json (the
+trainer's format), step_<N>.md (tables), step_<N>.png (R@1 vs dim) and TensorBoard scalars
+eval/<task>/<metric>@<dim>; prints the markdown.
+"""
+
+import json
+import os
+
+from absl import app, flags
+
+def _tuples(value):
+  """JSON turns the config's tuples into lists; turn them back (the model hashes some)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def load_config(workdir):
+  import ml_collections
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isdir(workdir):
+    raise app.UsageError(f"--workdir={workdir}: no such directory")
+  if not os.path.exists(path):
+    raise app.UsageError(f"--workdir={workdir}: no config.json (not a gemb run directory?)")
+  with open(path) as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def _r1_by_dim_table(trained, random_init, dims):
+  head = "| task | " + " | ".join(f"R@1@{d} trained / random" for d in dims) + " | chance R@1 |"
+  lines = [head, "|---|" + "---:|" * (len(dims) + 1)]
+  for task in sorted(trained):
+    cells = [f"{trained[task]['by_dim'][str(d)]['R@1']:.4f} / "
+             f"{random_init[task]['by_dim'][str(d)]['R@1']:.4f}" for d in dims]
+    lines.append(f"| {task} | " + " | ".join(cells)
+                 + f" | {trained[task].get('chance_R@1', float('nan')):.4f} |")
+  return "\n".join(lines) + "\n"
+
+
+def markdown_report(step, seed, dims, trained, random_init):
+  from gemb.eval.report import markdown_table
+  return (f"# Eval at step {step}\n\ndims: {', '.join(map(str, dims))} "
+          f"(top-level metrics at dim {max(dims)})\n\n"
+          f"## Trained (step {step})\n\n{markdown_table(trained)}\n"
+          f"## Random init (step 0, seed {seed})\n\n{markdown_table(random_init)}\n"
+          f"## R@1 by dim\n\n{_r1_by_dim_table(trained, random_init, dims)}")
+
+
+def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
+  """Evaluates DIR's checkpoint; returns (trained results, random-init results, paths)."""
+  workdir = os.path.abspath(workdir)
+  config = load_config(workdir)
+
+  # ---- Check every argument before any expensive work.
+  from gemb.data.pipeline import task_registry
+  names = tuple(tasks or config.eval.tasks)
+  known = task_registry(config)
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise app.UsageError(f"unknown task(s) {unknown}; known: {sorted(known)}")
+  dims = sorted({int(d) for d in (dims or config.eval.dims)})
+  bad = [d for d in dims if not 0 < d <= config.model.embed_dim]
+  if bad:
+    raise app.UsageError(f"impossible dim(s) {bad}: dims must be in [1, model.embed_dim="
+                         f"{config.model.embed_dim}]")
+  batch_size = int(batch_size or config.eval.batch_size)
+  if batch_size <= 0:
+    raise app.UsageError(f"--batch_size={batch_size} must be > 0")
+  tokenizer_path = os.path.join(workdir, "tokenizer.model")
+  if not os.path.exists(tokenizer_path):
+    raise app.UsageError(f"--workdir={workdir}: no tokenizer.model")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise app.UsageError(f"--workdir={workdir}: no checkpoints/ directory")
+
+  from gemb import parallel
+  from gemb.data.tokenizer import Tokenizer
+  from gemb.eval import report
+  from gemb.eval.plot import plot_by_dim
+  from gemb.eval.tasks import evaluate_dims, load_tasks
+  from gemb.train.checkpoint import Checkpointer
+  from gemb.train.state import create_train_state
+  from gemb.train.summary import SummaryWriter
+
+  ckpt = Checkpointer(workdir, async_save=False)
+  try:
+    available = sorted(ckpt.manager.all_steps())
+    if not available:
+      raise app.UsageError(f"--workdir={workdir}: no checkpoint in {ckpt_dir}")
+    step = available[-1] if step is None else int(step)
+    if step not in available:
+      raise app.UsageError(f"--step={step}: no such checkpoint; available steps: {available}")
+
+    # ---- Random init (the config's seed) is the restore target; restore the trained params.
+    mesh = parallel.make_mesh(config.mesh)
+    graphdef, init_state, _, _, _ = create_train_state(config, mesh, config.train.steps)
+    state = ckpt.restore_params(step, init_state)
+  finally:
+    ckpt.close()
+
+  corpora = load_tasks(config, Tokenizer.load(tokenizer_path), names)
+  trained = evaluate_dims(graphdef, state["params"], mesh, corpora, dims, batch_size)
+  random_init = evaluate_dims(graphdef, init_state["params"], mesh, corpora, dims, batch_size)
+
+  # ---- Outputs: JSON (trainer format), markdown, plot, TensorBoard.
+  import jax
+  paths = {}
+  if jax.process_index() == 0:
+    paths["json"] = report.write_eval_json(workdir, step, "train", trained)
+    base = paths["json"][:-len(".json")]
+    markdown = markdown_report(step, config.seed, dims, trained, random_init)
+    with open(base + ".md", "w") as f:
+      f.write(markdown)
+    paths["md"] = base + ".md"
+    paths["png"] = plot_by_dim(base + ".png", trained, random_init,
+                               title=f"step {step}: R@1 vs dim (dashed: random init, "
+                                     "dotted: chance)")
+    with SummaryWriter(os.path.join(workdir, "tensorboard")) as writer:
+      writer.scalars(step, report.eval_scalars(trained))
+    print(markdown)
+  return trained, random_init, paths
+
+
+def _int_list(values):
+  try:
+    return [int(v) for v in values] if values else None
+  except ValueError:
+    raise app.UsageError(f"--dims={','.join(values)}: dims must be integers") from None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  run(f.workdir, step=f.step, tasks=f.tasks, dims=_int_list(f.dims), batch_size=f.batch_size)
+
+
+if __name__ == "__main__":
+  # Flags are defined only when run as a program, so importing this module (tests) cannot
+  # clash with gemb.main's --workdir.
+  flags.DEFINE_string("workdir", None, "The run's directory (config.json, checkpoints/).")
+  flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+  flags.DEFINE_list("tasks", None, "Tasks to evaluate (default: config.eval.tasks).")
+  flags.DEFINE_list("dims", None, "Matryoshka dims (default: config.eval.dims).")
+  flags.DEFINE_integer("batch_size", None, "Eval batch size (default: config.eval.batch_size).")
+  flags.mark_flags_as_required(["workdir"])
+  app.run(main)
