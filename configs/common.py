@@ -21,3 +21,9 @@ def model_config(*, width, depth, heads, mlp_dim, embed_dim, vocab_size, text_le
                  patch_time=10, patch_mel=16),
       video=dict(frames=8, size=image_size, patch=patch, tubelet_time=2),
   ))
+
+
+def stage(name, steps, *, freeze="", **sections):
+  """One curriculum stage (gemb/train/curriculum.py): ``data`` / ``loss`` / ``optimizer`` /
+  ``eval`` dicts override the config's top-level sections for this stage only."""
+  return ml_collections.ConfigDict(dict(name=name, steps=steps, freeze=freeze, **sections))

@@ -1,5 +1,5 @@
 """Default CPU recipe: one shared transformer for text, images, audio and video, trained on
-a mixture of every built-in task (one task per batch, with task instructions).
+every built-in task in a two-stage curriculum, then souped.
 
   python -m gemb.main --config=configs/default.py --workdir=$PWD/runs/default
 
@@ -7,13 +7,22 @@ Tasks cover emoji and clip-art images <-> names/titles, composed [image + modifi
 image, espeak-ng speech <-> text, emoji/digit motion clips <-> captions (with narrated
 clips as [video, audio] queries), WordNet words <-> definitions <-> examples with sibling
 hard negatives, and stdlib docstrings <-> code. Every held-out test split is evaluated at
-the end (eval/step_<N>.json), including the real ALSA / freedesktop recordings.
+the end of each stage (eval/step_<N>.json), including the real ALSA / freedesktop
+recordings (an eval-only task: they share speech's train split).
+
+The curriculum follows the Gemini Embedding recipe at CPU scale:
+  align      pre-finetuning: large single-task batches of plain pairs (no instructions, no
+             hard negatives) across every task, to build the shared space;
+  finetune   multi-task fine-tuning: smaller single-task batches with task instructions and
+             mined hard negatives, a fresh (lower) learning-rate schedule;
+  soup       the uniform average of the last checkpoints, compared with the best one
+             (eval/soup.json, eval/soup_vs_best.md).
 """
 
 from ml_collections import config_dict
 
 from configs import tiny
-from configs.common import model_config
+from configs.common import model_config, stage
 from gemb.data import sources
 
 
@@ -24,21 +33,26 @@ def get_config(arg=None):
                          vocab_size=vocab, text_len=32, image_size=32, patch=8)
   c.model.audio.num_samples = 32000  # 2 s at 16 kHz: most spoken names and captions
   c.data.vocab_size = vocab
-  # Every built-in task; the real recordings share speech's train split, so they are an
-  # eval-only task.
+  # The real recordings share speech's train split, so they are an eval-only task.
   train_tasks = tuple(sorted(set(sources.BUILTIN_TASKS) - {"speech_real_audio_to_text"}))
   c.data.tasks = train_tasks
   c.data.weights = (1.0,) * len(train_tasks)
   c.data.batch_size = 64
-  c.data.num_negatives = 2
-  c.data.instructions = True
   c.loss.matryoshka_dims = (64, 128, 256)
   c.loss.matryoshka_weights = (1.0, 1.0, 1.0)
   c.optimizer.learning_rate = 2e-3
   c.optimizer.warmup_steps = 100
-  c.train.steps = 800
-  c.train.checkpoint_every = 200
-  c.eval.every = 0
   c.eval.dims = (64, 128, 256)
   c.eval.tasks = tuple(sorted(sources.BUILTIN_TASKS))
+
+  c.stages = [
+      stage("align", 600,
+            data=dict(batch_size=128, num_negatives=0, instructions=False)),
+      stage("finetune", 400,
+            data=dict(batch_size=64, num_negatives=2, instructions=True),
+            optimizer=dict(learning_rate=1e-3, warmup_steps=20)),
+  ]
+  c.train.checkpoint_every = 100
+  c.train.keep_checkpoints = 3
+  c.soup = dict(kind="last", num=3)
   return c

@@ -1,6 +1,8 @@
-"""Tiny recipe: a 2-layer model on emoji image <-> name, a few minutes on a 2-core CPU.
+"""Tiny recipe: a 2-layer model on emoji image <-> name in two stages, ~2 minutes on a 2-core CPU.
 
-Used by the tests and as the quickest end-to-end check:
+Stage "align" learns image -> name with large batches; stage "finetune" continues its
+learning-rate decay on both directions with smaller, task-instructed batches. Used by the
+tests and as the quickest end-to-end check:
 
   python -m gemb.main --config=configs/tiny.py --workdir=/tmp/gemb_tiny
 """
@@ -8,7 +10,7 @@ Used by the tests and as the quickest end-to-end check:
 import ml_collections
 from ml_collections import config_dict
 
-from configs.common import model_config
+from configs.common import model_config, stage
 
 
 def get_config(arg=None):
@@ -44,8 +46,32 @@ def get_config(arg=None):
                 matryoshka_dims=(32, 64, 128), matryoshka_weights=(1.0, 1.0, 1.0),
                 learn_temperature=True, max_logit_scale=100.0)
   c.optimizer = dict(learning_rate=3e-3, warmup_steps=30, end_lr_fraction=0.0,
-                     weight_decay=0.05, grad_clip_norm=1.0, b1=0.9, b2=0.98, eps=1e-8)
-  c.train = dict(steps=300, log_every=25, checkpoint_every=100, keep_checkpoints=2)
-  c.eval = dict(every=0, batch_size=256, dims=(32, 128),  # every=0: only at the end
+                     weight_decay=0.05, grad_clip_norm=1.0, b1=0.9, b2=0.98, eps=1e-8,
+                     schedule="new")  # new: own warmup + cosine | continue: previous stage's
+  c.eval = dict(every=0, batch_size=256, dims=(32, 128),  # every=0: only at stage ends
                 tasks=("emoji_image_to_name", "emoji_name_to_image"))
+
+  # The curriculum: each stage overrides the sections above for itself (data, loss,
+  # optimizer, eval) and may freeze parameters by regex (gemb/train/curriculum.py).
+  c.stages = [
+      stage("align", 200),
+      stage("finetune", 100,
+            data=dict(tasks=("emoji_image_to_name", "emoji_name_to_image"), weights=(1.0, 1.0),
+                      batch_size=64),
+            optimizer=dict(schedule="continue")),
+  ]
+  c.train = dict(
+      log_every=25, checkpoint_every=100,
+      keep_checkpoints=2,        # the latest N checkpoints ...
+      keep_best=1,               # ... plus the best K by eval metric (0: none)
+      best_metric="R@1",         # averaged over the eval tasks; higher is better
+      max_nonfinite_streak=20,   # this many non-finite steps in a row stop the run
+      peak_flops=0.0,            # per-device peak FLOP/s for the MFU scalar (0: not logged)
+  )
+  c.init_from = ""               # a run's workdir (or checkpoint dir): start from its params
+  c.init_params = ".*"           # regex: which parameters init_from copies
+  # Model soup at the end, evaluated against the best single checkpoint:
+  # "last": uniform average of the last `num` checkpoints | "stages": of each stage's
+  # final checkpoint | "none".
+  c.soup = dict(kind="last", num=2)
   return c

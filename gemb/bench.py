@@ -63,8 +63,7 @@ def synthetic_batch(config, seed=0):
 
 def run(config):
   mesh = parallel.make_mesh(config.mesh)
-  steps = config.bench.warmup + config.bench.steps
-  graphdef, state, shardings, tx, schedule = create_train_state(config, mesh, steps)
+  graphdef, state, shardings, tx, schedule = create_train_state(config, mesh)
   step_fn = make_train_step(graphdef, tx, schedule, config, mesh, shardings)
   batch = parallel.host_to_global(synthetic_batch(config), mesh)
   with jax.set_mesh(mesh):

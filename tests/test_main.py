@@ -1,10 +1,9 @@
-"""End to end: `python -m gemb.main` on configs/tiny.py, SIGKILLed and resumed, as users run it."""
+"""End to end: `python -m gemb.main --config=configs/tiny.py`, the two-stage run users start with."""
 
 import json
 import os
 import subprocess
 import sys
-import time
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -22,49 +21,55 @@ def child_env():
   return env
 
 
-def test_tiny_run_killed_after_first_checkpoint_resumes_and_learns(tmp_path, emoji_data_dir):
+def test_tiny_two_stage_run_learns_logs_and_soups(tmp_path, emoji_data_dir):
   workdir = str(tmp_path / "run")
-  cmd = main_command(workdir, emoji_data_dir)
-  first_ckpt = os.path.join(workdir, "checkpoints", "100")
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 300
-  while not os.path.isdir(first_ckpt) and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.2)
-  assert proc.poll() is None, f"training exited early:\n{proc.stderr.read()[-3000:]}"
-  assert os.path.isdir(first_ckpt), "no checkpoint within 300 s"
-  proc.kill()  # SIGKILL: no chance to clean up
-  proc.wait()
-  assert not os.path.exists(os.path.join(workdir, "eval"))
+  out = subprocess.run(main_command(workdir, emoji_data_dir), cwd=ROOT, env=child_env(),
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "stage 1/2 'align'" in out.stderr and "stage 2/2 'finetune'" in out.stderr
+  assert "run ETA" in out.stderr  # console progress
 
-  rerun = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True,
-                         timeout=400)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert "resumed from step" in rerun.stderr
-
-  with open(os.path.join(workdir, "eval", "step_300.json")) as f:
-    result = json.load(f)
-  assert result["step"] == 300
+  # Each stage ends with an eval; the last one must beat chance by 5x on held-out emoji.
+  for step, stage in ((200, "align"), (300, "finetune")):
+    with open(os.path.join(workdir, "eval", f"step_{step}.json")) as f:
+      result = json.load(f)
+    assert result["stage"] == stage and result["step"] == step
   i2t = result["tasks"]["emoji_image_to_name"]
   assert i2t["num_queries"] == i2t["num_candidates"] > 100
-  # Held-out emoji never seen in training: retrieval must beat chance by 5x.
   assert i2t["R@1"] >= 5 * i2t["chance_R@1"], i2t
   assert set(i2t["by_dim"]) == {"32", "128"}
 
-  events = EventAccumulator(os.path.join(workdir, "tensorboard"))
+  # The soup of the last 2 checkpoints, compared with the best single checkpoint.
+  with open(os.path.join(workdir, "eval", "soup.json")) as f:
+    assert json.load(f)["stage"] == "soup"
+  with open(os.path.join(workdir, "eval", "soup_vs_best.md")) as f:
+    assert "| emoji_image_to_name |" in f.read()
+
+  events = EventAccumulator(os.path.join(workdir, "tensorboard"),
+                            size_guidance={"scalars": 0, "tensors": 0})
   events.Reload()
-  loss_steps = [e.step for e in events.Scalars("train/loss")]
-  assert loss_steps[-1] == 300 and len(loss_steps) >= 4
+  scalars = set(events.Tags()["scalars"])
+  for tag in ("train/loss", "train/loss/emoji_image_to_name", "train/loss/emoji_name_to_image",
+              "train/temperature", "train/learning_rate", "train/grad_norm",
+              "train/examples_per_s", "train/steps_per_s", "train/model_flops_per_s",
+              "eval/emoji_image_to_name/R@1@128", "eval/score"):
+    assert tag in scalars, (tag, sorted(scalars))
   losses = [e.value for e in events.Scalars("train/loss")]
+  assert [e.step for e in events.Scalars("train/loss")][-1] == 300
   assert losses[-1] < losses[0]
+  assert min(e.value for e in events.Scalars("train/model_flops_per_s")) > 0
+  assert "config/text_summary" in events.Tags()["tensors"] or \
+      any("config" in t for t in events.Tags()["tensors"])
   assert os.path.exists(os.path.join(workdir, "config.json"))
   assert os.path.exists(os.path.join(workdir, "tokenizer.model"))
 
 
 def test_config_typo_fails_before_any_work(tmp_path):
-  out = subprocess.run(main_command(str(tmp_path / "run"), str(tmp_path / "data"),
-                                    "--config.train.stepz=5"),
-                       cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
-  assert out.returncode != 0
-  assert "stepz" in out.stderr and "steps" in out.stderr  # "Did you mean ..."
-  assert not os.path.exists(tmp_path / "run")
+  for flag, words in (("--config.optimizer.warmup_stepz=5", ("warmup_stepz", "warmup_steps")),
+                      ("--config.stages[1].steps=abc", ("steps", "abc")),
+                      ("--config.stages[1].data.mixing=exemple", ("data.mixing", "exemple"))):
+    out = subprocess.run(main_command(str(tmp_path / "run"), str(tmp_path / "data"), flag),
+                         cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert all(w in out.stderr for w in words), (flag, out.stderr[-2000:])
+    assert not os.path.exists(tmp_path / "run")

@@ -8,6 +8,7 @@ from configs import tiny
 from configs.common import model_config
 from gemb import parallel
 from gemb.model.batch import IMAGE, TEXT
+from gemb.train.curriculum import frozen_mask
 from gemb.train.state import create_train_state
 from gemb.train.step import make_train_step
 
@@ -44,14 +45,15 @@ def batches(n, seed=0):
   return out
 
 
-def run_steps(config, mesh, data):
-  graphdef, state, shardings, tx, schedule = create_train_state(config, mesh, total_steps=10)
-  step = make_train_step(graphdef, tx, schedule, config, mesh, shardings)
+def run_steps(config, mesh, data, frozen_pattern=""):
+  graphdef, state, shardings, tx, schedule = create_train_state(config, mesh)
+  frozen = frozen_mask(state["params"], frozen_pattern) if frozen_pattern else None
+  step = make_train_step(graphdef, tx, schedule, config, mesh, shardings, frozen)
   losses = []
   with jax.set_mesh(mesh):
     for batch in data:
       state, metrics = step(state, parallel.host_to_global(batch, mesh))
-      losses.append(float(metrics["loss"]))
+      losses.append(float(metrics.compute()["loss"]))
   return state, shardings, step, losses
 
 
@@ -89,3 +91,37 @@ def test_no_recompile_after_first_step():
   mesh = parallel.make_mesh(dict(data=4, fsdp=2, tensor=1))
   _, _, step, _ = run_steps(config, mesh, batches(2, seed=1))
   assert step._cache_size() == 1
+
+
+def test_nonfinite_step_is_skipped_and_counted(single_device_run):
+  config = small_config()
+  mesh = parallel.make_mesh(dict(data=2, fsdp=2, tensor=2))
+  good = batches(3)
+  poisoned = dict(good[1], query=dict(good[1]["query"]))
+  poisoned["query"]["image"] = np.full_like(good[1]["query"]["image"], np.nan)
+  # good, NaN, NaN, good, good: the NaN steps change nothing (params, Adam, schedule count).
+  state, _, _, losses = run_steps(config, mesh, [good[0], poisoned, poisoned, good[1], good[2]])
+  assert np.isnan(losses[1]) and np.isnan(losses[2])
+  ref_state, _, _, ref_losses = single_device_run
+  np.testing.assert_allclose([losses[0], losses[3], losses[4]], ref_losses, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                                                       atol=1e-6),
+               state["params"], ref_state["params"])
+  assert int(state["nonfinite_steps"]) == 2 and int(state["nonfinite_streak"]) == 0
+  assert int(state["step"]) == 5
+
+
+def test_frozen_parameters_do_not_move():
+  config = small_config()
+  config.optimizer.weight_decay = 0.5  # decay would move them if the update were not masked
+  mesh = parallel.make_mesh(dict(data=8, fsdp=1, tensor=1))
+  graphdef, init, _, _, _ = create_train_state(config, mesh)
+  init = jax.tree.map(np.asarray, init["params"])
+  state, _, _, _ = run_steps(config, mesh, batches(2), frozen_pattern="^(image|encoder/blocks/mlp)/")
+  after = state["params"]
+  np.testing.assert_array_equal(after["image"]["proj"]["kernel"], init["image"]["proj"]["kernel"])
+  np.testing.assert_array_equal(after["encoder"]["blocks"]["mlp"]["up"]["kernel"],
+                                init["encoder"]["blocks"]["mlp"]["up"]["kernel"])
+  assert not np.array_equal(after["text"]["table"], init["text"]["table"])
+  assert not np.array_equal(after["encoder"]["blocks"]["attn"]["qkv"],
+                            init["encoder"]["blocks"]["attn"]["qkv"])

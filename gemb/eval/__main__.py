@@ -100,20 +100,21 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
 
     # ---- Random init (the config's seed) is the restore target; restore the trained params.
     mesh = parallel.make_mesh(config.mesh)
-    graphdef, init_state, _, _, _ = create_train_state(config, mesh, config.train.steps)
-    state = ckpt.restore_params(step, init_state)
+    graphdef, init_state, _, _, _ = create_train_state(config, mesh)
+    params = ckpt.restore_params(step, init_state["params"])
+    stage = ckpt.restore_meta(step).get("stage", "")
   finally:
     ckpt.close()
 
   corpora = load_tasks(config, Tokenizer.load(tokenizer_path), names)
-  trained = evaluate_dims(graphdef, state["params"], mesh, corpora, dims, batch_size)
+  trained = evaluate_dims(graphdef, params, mesh, corpora, dims, batch_size)
   random_init = evaluate_dims(graphdef, init_state["params"], mesh, corpora, dims, batch_size)
 
   # ---- Outputs: JSON (trainer format), markdown, plot, TensorBoard.
   import jax
   paths = {}
   if jax.process_index() == 0:
-    paths["json"] = report.write_eval_json(workdir, step, "train", trained)
+    paths["json"] = report.write_eval_json(workdir, step, stage, trained)
     base = paths["json"][:-len(".json")]
     markdown = markdown_report(step, config.seed, dims, trained, random_init)
     with open(base + ".md", "w") as f:

@@ -65,8 +65,9 @@ def eval_json_path(workdir, step):
   return os.path.join(os.fspath(workdir), "eval", f"step_{int(step)}.json")
 
 
-def write_eval_json(workdir, step, stage, tasks):
-  """Writes the results of one evaluation to <workdir>/eval/step_<step>.json atomically.
+def write_eval_json(workdir, step, stage, tasks, *, name=None):
+  """Writes the results of one evaluation to <workdir>/eval/step_<step>.json atomically
+  (or to <workdir>/eval/<name>.json, e.g. "soup" for the model soup).
 
   Args:
     workdir: the run's working directory (local path).
@@ -82,7 +83,8 @@ def write_eval_json(workdir, step, stage, tasks):
   if not isinstance(stage, str):
     raise ValueError(f"stage must be a string, got {stage!r}")
   record = {"step": int(step), "stage": stage, "tasks": _clean_tasks(tasks)}
-  path = eval_json_path(workdir, step)
+  path = (eval_json_path(workdir, step) if name is None
+          else os.path.join(os.fspath(workdir), "eval", f"{name}.json"))
   directory = os.path.dirname(path)
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path), suffix=".tmp")

@@ -1,59 +1,98 @@
 """Orbax checkpoints of everything a run needs to continue exactly where it stopped.
 
 A checkpoint ``<workdir>/checkpoints/<step>/`` holds three items: ``state`` (params +
-optimizer state + step, restored directly onto the current mesh's shardings), ``data``
-(the grain iterator position, so a resumed run sees exactly the batches it would have
-seen) and ``meta`` (JSON: stage, examples seen, ...). Saves are asynchronous; a save
-interrupted mid-way leaves only a ``*.orbax-checkpoint-tmp`` directory, which orbax
-ignores on restore and we delete at start-up.
+optimizer state + step + guard counters, restored directly onto the current mesh's
+shardings, whatever mesh wrote it), ``data`` (the grain iterator position of the stage
+that was running, so a resumed run sees exactly the batches it would have seen) and
+``meta`` (JSON: the curriculum position: stage index and name). Saves are asynchronous; a
+save interrupted mid-way leaves only a ``*.orbax-checkpoint-tmp`` directory, which orbax
+ignores on restore and deletes at start-up.
+
+What is kept: the latest ``keep`` checkpoints, plus the ``keep_best`` best by the eval
+metric passed to ``save`` (checkpoints saved without metrics count only as "latest"),
+plus any ``pinned`` steps (e.g. each stage's last step, for a soup of stages).
 """
 
 import os
 
 import grain
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
 
 from gemb.train.state import abstract_state
+
+BEST_METRIC = "score"  # key of the metrics dict given to save()
+
+
+def checkpoint_dir(path):
+  """A run's workdir or its checkpoints/ directory -> the absolute checkpoints directory."""
+  path = os.path.abspath(path)  # orbax needs absolute paths
+  nested = os.path.join(path, "checkpoints")
+  return nested if os.path.isdir(nested) else path
 
 
 class Checkpointer:
   """Thin policy layer over ocp.CheckpointManager (which paths, what to keep, what to save)."""
 
-  def __init__(self, workdir, *, keep=3, async_save=True):
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")  # orbax needs absolute
+  def __init__(self, workdir, *, keep=3, keep_best=0, pinned=(), async_save=True,
+               read_only=False):
+    keep_policies = [policies.LatestN(keep)]
+    if keep_best:
+      keep_policies.append(policies.BestN(
+          get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=keep_best,
+          keep_checkpoints_without_metrics=False))
+    if pinned:
+      keep_policies.append(policies.CustomSteps(tuple(pinned)))
+    directory = (checkpoint_dir(workdir) if read_only
+                 else os.path.join(os.path.abspath(workdir), "checkpoints"))
     self.manager = ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+            preservation_policy=policies.AnyPreservationPolicy(keep_policies),
+            create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=async_save),
         item_names=("state", "data", "meta"))
 
   def latest_step(self):
     return self.manager.latest_step()
 
-  def save(self, step, state, data_iterator, meta, *, force=False):
-    """Starts an (async) save; returns whether one was started."""
+  def all_steps(self):
+    return sorted(self.manager.all_steps())
+
+  def save(self, step, state, data_iterator, meta, *, score=None, force=False):
+    """Starts an (async) save; ``score`` (higher is better) ranks it for keep_best."""
     return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
+        state=ocp.args.PyTreeSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator),
-        meta=ocp.args.JsonSave(meta)), force=force)
+        meta=ocp.args.JsonSave(meta)),
+        metrics=None if score is None else {BEST_METRIC: float(score)}, force=force)
 
-  def restore(self, step, state_like, data_iterator):
-    """Restores ``state`` onto the shardings of ``state_like`` and ``data_iterator`` in place.
+  def _restore_tree(self, step, target, partial=False):
+    # PyTree (not Standard) args on both sides: a manager binds one handler per item, and
+    # only the PyTree handler restores a subset of the saved tree (params without
+    # optimizer state).
+    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=partial)))["state"]
 
-    Returns (state, meta).
-    """
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state(state_like)),
-        data=grain.checkpoint.CheckpointRestore(data_iterator),
-        meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+  def restore_state(self, step, state_like):
+    """The ``state`` item, resharded onto the shardings of ``state_like``."""
+    return self._restore_tree(step, abstract_state(state_like))
 
-  def restore_params(self, step, state_like):
-    """Restores only ``state`` onto the shardings of ``state_like`` (no data iterator)."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state(state_like))))
-    return restored["state"]
+  def restore_meta(self, step):
+    return self.manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore_data(self, step, data_iterator):
+    """Moves ``data_iterator`` (in place) to where the run was at ``step``."""
+    self.manager.restore(step, args=ocp.args.Composite(
+        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+
+  def restore_params(self, step, params_like):
+    """Only the parameters (``state["params"]``) of ``step``, onto ``params_like``'s
+    shardings; ``params_like`` may hold a subset of the saved parameters."""
+    return self._restore_tree(step, {"params": abstract_state(params_like)},
+                              partial=True)["params"]
 
   def wait(self):
     self.manager.wait_until_finished()

@@ -1,7 +1,9 @@
-"""The training loop: mesh, data, model, step, checkpoints, logs and evaluation, in order.
+"""The training loop: config check, mesh, data, model, stages, checkpoints, logs, evals, soup.
 
 Read top to bottom, it is one run. Rerunning with the same workdir resumes from the latest
-checkpoint, data iterator included, so the continued run sees the batches it would have.
+checkpoint (train state, the running stage's data iterator, curriculum position), so the
+continued run sees the batches it would have and ends with bitwise the same parameters.
+SIGTERM (TPU preemption) saves the current step and returns within seconds.
 """
 
 import os
@@ -10,25 +12,38 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from clu import parameter_overview
 
 from gemb import parallel
 from gemb.data.pipeline import tokenizer_corpus, train_dataset
 from gemb.data.tokenizer import Tokenizer
 from gemb.eval import report
 from gemb.eval.tasks import evaluate_dims, load_tasks
+from gemb.train import config_check, curriculum
 from gemb.train.checkpoint import Checkpointer
+from gemb.train.metrics import Window
+from gemb.train.optimizer import make_optimizer
+from gemb.train.preemption import PreemptionWatch
+from gemb.train.soup import load_init_params, soup_and_compare
 from gemb.train.state import create_train_state
 from gemb.train.step import make_train_step
 from gemb.train.summary import SummaryWriter
 
 
-def load_or_train_tokenizer(config, workdir):
-  """The run's sentencepiece model lives in the workdir, so evals and exports reuse it."""
+class NonFiniteError(RuntimeError):
+  """Too many non-finite steps in a row: the run stops, its last checkpoint is good."""
+
+
+def load_or_train_tokenizer(config, stages, workdir):
+  """The run's sentencepiece model lives in the workdir, so evals and exports reuse it. It is
+  trained on the texts of every stage's tasks and eval tasks."""
   path = os.path.join(workdir, "tokenizer.model")
   if os.path.exists(path):
     tok = Tokenizer.load(path)
   else:
-    tok = Tokenizer.train(tokenizer_corpus(config), config.data.vocab_size)
+    names = [t for s in stages for t in tuple(s.config.data.tasks) + tuple(s.config.eval.tasks)]
+    tok = Tokenizer.train(tokenizer_corpus(config, tuple(dict.fromkeys(names))),
+                          config.data.vocab_size)
     if jax.process_index() == 0:
       tok.save(path)
   if tok.vocab_size > config.model.text.vocab_size:
@@ -37,89 +52,193 @@ def load_or_train_tokenizer(config, workdir):
   return tok
 
 
-def run_eval(config, workdir, step, graphdef, params, mesh, tasks, writer):
-  """Evaluates every task at each configured Matryoshka dim; writes eval/step_<N>.json."""
-  results = evaluate_dims(graphdef, params, mesh, tasks, config.eval.dims,
-                          config.eval.batch_size)
-  writer.scalars(step, report.eval_scalars(results))
-  if jax.process_index() == 0:
-    path = report.write_eval_json(workdir, step, "train", results)
-    logging.info("eval at step %d -> %s\n%s", step, path, report.markdown_table(results))
-  return results
+class Evaluator:
+  """Evaluates a stage's eval tasks at every configured dim; caches corpora across stages."""
+
+  def __init__(self, workdir, graphdef, mesh, tokenizer, writer):
+    self.workdir, self.graphdef, self.mesh = workdir, graphdef, mesh
+    self.tokenizer, self.writer, self.corpora = tokenizer, writer, {}
+
+  def corpora_for(self, config):
+    missing = [t for t in config.eval.tasks if t not in self.corpora]
+    self.corpora.update(load_tasks(config, self.tokenizer, missing) if missing else {})
+    return {t: self.corpora[t] for t in config.eval.tasks}
+
+  def __call__(self, config, step, stage_name, params, *, name=None):
+    """-> (results, score): score = the mean of train.best_metric over the tasks."""
+    results = evaluate_dims(self.graphdef, params, self.mesh, self.corpora_for(config),
+                            config.eval.dims, config.eval.batch_size)
+    score = float(np.mean([m[config.train.best_metric] for m in results.values()]))
+    if name is None:
+      self.writer.scalars(step, report.eval_scalars(results) | {"eval/score": score})
+    if jax.process_index() == 0:
+      path = report.write_eval_json(self.workdir, step, stage_name, results, name=name)
+      logging.info("eval (%s) at step %d -> %s\n%s", stage_name, step, path,
+                   report.markdown_table(results))
+    return results, score
 
 
 def train_and_evaluate(config, workdir):
+  """Runs every stage of ``config`` in ``workdir``; returns the final eval results."""
+  stages = config_check.validate(config)  # a bad config fails here, before any work
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
-  total_steps = config.train.steps
 
-  # ---- Mesh, tokenizer, resolved config.
+  # ---- Mesh, tokenizer, resolved config, logs.
   mesh = parallel.make_mesh(config.mesh)
-  logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape), mesh.size,
-               jax.process_count())
-  tokenizer = load_or_train_tokenizer(config, workdir)
+  config_check.check_mesh(stages, mesh)
+  logging.info("mesh %s on %d devices (%d processes); stages: %s", dict(mesh.shape), mesh.size,
+               jax.process_count(), ", ".join(f"{s.name} [{s.start}, {s.end})" for s in stages))
+  tokenizer = load_or_train_tokenizer(config, stages, workdir)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_main)
   writer.text(0, "config", config.to_json_best_effort(indent=2))
 
-  # ---- Input pipeline: this process's shard of every global batch.
-  per_device = config.data.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"])
-  if per_device:
-    raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by the batch "
-                     f"axes data*fsdp={mesh.shape['data'] * mesh.shape['fsdp']}")
-  dataset = train_dataset(config, tokenizer, seed=config.seed,
-                          process_index=jax.process_index(), process_count=jax.process_count())
-  data_iter = iter(dataset)
+  # ---- Model and optimizer state, born sharded.
+  graphdef, state, shardings, _, schedule = create_train_state(config, mesh)
+  logging.info("parameters:\n%s", parameter_overview.get_parameter_overview(
+      state["params"], include_stats=False))
 
-  # ---- Model and optimizer, born sharded; the compiled step.
-  graphdef, state, shardings, tx, schedule = create_train_state(config, mesh, total_steps)
-  n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-  logging.info("model: %.2fM parameters", n_params / 1e6)
-  train_step = make_train_step(graphdef, tx, schedule, config, mesh, shardings)
+  # ---- Resume from the latest checkpoint, or start from another run's params.
+  soup_pins = [s.end for s in stages] if config.soup.kind == "stages" else ()
+  ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints,
+                      keep_best=config.train.keep_best, pinned=soup_pins)
+  resumed = ckpt.latest_step()
+  data_stage = None  # the stage whose data iterator the checkpoint holds
+  if resumed is not None:
+    state = ckpt.restore_state(resumed, state)
+    data_stage = ckpt.restore_meta(resumed)["stage_index"]
+    logging.info("resumed from step %d (stage %s)", resumed, stages[data_stage].name)
+  elif config.init_from:
+    state["params"] = load_init_params(config.init_from, config.init_params, state["params"])
 
-  # ---- Resume from the latest checkpoint, if any.
-  ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  start = ckpt.latest_step()
-  if start is not None:
-    state, _ = ckpt.restore(start, state, data_iter)
-    logging.info("resumed from step %d", start)
-  step = int(state["step"])
-  eval_tasks = load_tasks(config, tokenizer)
-  task_names = tuple(config.data.tasks)
-
-  # ---- Train.
-  t0, step0, last, skipped_total = time.time(), step, None, 0
-  while step < total_steps:
-    host_batch = next(data_iter)
-    task_index, skipped = host_batch.pop("task_index"), host_batch.pop("skipped")
-    with jax.set_mesh(mesh):
-      state, metrics = train_step(state, parallel.host_to_global(host_batch, mesh))
-    step += 1
-    skipped_total += int(skipped.sum())
-    if step % config.train.log_every == 0 or step == total_steps:
-      metrics = jax.device_get(metrics)
-      elapsed = time.time() - t0
-      rate = (step - step0) / elapsed
-      scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
-      if config.data.mixing == "task":  # the whole batch is one task
-        scalars[f"train/loss/{task_names[int(task_index[0])]}"] = float(metrics["loss"])
-      writer.scalars(step, scalars | {"train/steps_per_s": rate,
-                                      "train/examples_per_s": rate * config.data.batch_size,
-                                      "train/skipped_records": skipped_total})
-      logging.info("step %d/%d loss %.4f acc %.3f | %.2f steps/s, ETA %.0fs", step, total_steps,
-                   metrics["loss"], metrics.get("accuracy", np.nan), rate,
-                   (total_steps - step) / max(rate, 1e-9))
-    if step % config.train.checkpoint_every == 0 or step == total_steps:
-      ckpt.save(step, state, data_iter, {"step": step}, force=step == total_steps)
-    if config.eval.every and step % config.eval.every == 0 and step != total_steps:
-      last = run_eval(config, workdir, step, graphdef, state["params"], mesh, eval_tasks, writer)
-
-  # ---- Final evaluation.
+  # ---- Train, stage by stage.
+  evaluator = Evaluator(workdir, graphdef, mesh, tokenizer, writer)
+  watch = PreemptionWatch()
+  last = None
+  for stage in stages:
+    if int(state["step"]) >= stage.end:
+      continue
+    restore = resumed if data_stage == stage.index else None
+    state, last = run_stage(stage, stages, state, graphdef, shardings, schedule, mesh,
+                            tokenizer, ckpt, restore, evaluator, writer, watch)
+    if watch.requested:
+      logging.warning("preempted: saved step %d; rerun the same command to resume",
+                      int(state["step"]))
+      break
   ckpt.wait()
-  last = run_eval(config, workdir, step, graphdef, state["params"], mesh, eval_tasks, writer)
+
+  # ---- Final evaluation (if the last stage's did not already run) and the model soup.
+  if not watch.requested:
+    final = stages[-1]
+    if last is None:
+      last, _ = evaluator(final.config, final.end, final.name, state["params"])
+    if config.soup.kind != "none":
+      soup_and_compare(config, stages, ckpt, state["params"], evaluator, workdir)
   writer.close()
   ckpt.close()
+  watch.restore()
   return last
+
+
+def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokenizer, ckpt,
+              restore_step, evaluator, writer, watch):
+  """Trains ``stage`` from the state's step to its end; -> (state, last eval results)."""
+  config, train_cfg = stage.config, stage.config.train
+  step = int(state["step"])
+  logging.info("stage %d/%d %r: steps [%d, %d), tasks %s", stage.index + 1, len(stages),
+               stage.name, stage.start, stage.end, tuple(config.data.tasks))
+
+  # ---- This stage's input pipeline (its own seed), at the checkpointed position.
+  dataset = train_dataset(config, tokenizer, seed=config.seed + stage.index,
+                          process_index=jax.process_index(), process_count=jax.process_count())
+  data_iter = iter(dataset)
+  if restore_step is not None:
+    ckpt.restore_data(restore_step, data_iter)
+
+  # ---- This stage's step function: its loss, optimizer hyper-parameters, frozen params.
+  tx = make_optimizer(config.optimizer, schedule)
+  frozen = curriculum.frozen_mask(state["params"], stage.freeze) if stage.freeze else None
+  train_step = make_train_step(graphdef, tx, schedule, config, mesh, shardings, frozen)
+  task_names = tuple(config.data.tasks)
+  flops = {}  # batch structure -> FLOPs of one step (XLA's cost analysis)
+  meta = {"stage_index": stage.index, "stage": stage.name}
+
+  window, last = Window(), None
+  t0, step0, skipped_total, flops_done = time.time(), step, 0, 0.0
+  while step < stage.end:
+    if watch.reached(step):
+      ckpt.save(step, state, data_iter, meta, force=True)
+      ckpt.wait()
+      return state, last
+    host_batch = next(data_iter)
+    task_index, skipped = host_batch.pop("task_index"), host_batch.pop("skipped")
+    batch = parallel.host_to_global(host_batch, mesh)
+    with jax.set_mesh(mesh):
+      key = jax.tree.structure(batch), tuple(x.shape for x in jax.tree.leaves(batch))
+      if key not in flops:
+        flops[key] = step_flops(train_step, state, batch)
+      state, step_metrics = train_step(state, batch)
+    step += 1
+    flops_done += flops[key]
+    skipped_total += int(skipped.sum())
+    window.add(step_metrics, task_names[int(task_index[0])]
+               if config.data.mixing == "task" else None)
+
+    if step % train_cfg.log_every == 0 or step == stage.end:
+      scalars = {f"train/{k}": v for k, v in window.compute().items()}
+      check_finite(scalars, train_cfg, step, ckpt)
+      elapsed = time.time() - t0
+      rate = (step - step0) / elapsed
+      scalars |= {"train/steps_per_s": rate,
+                  "train/examples_per_s": rate * config.data.batch_size,
+                  "train/model_flops_per_s": flops_done / elapsed,
+                  "train/skipped_records": skipped_total, "train/stage": stage.index}
+      if train_cfg.peak_flops:
+        scalars["train/mfu"] = flops_done / elapsed / (train_cfg.peak_flops * mesh.size)
+      writer.scalars(step, scalars)
+      total_left = (stage.end - step) + sum(s.steps for s in stages[stage.index + 1:])
+      logging.info("%s %d/%d (step %d/%d) loss %.4f acc %.3f | %.2f steps/s, %.1f GFLOP/s | "
+                   "stage ETA %s, run ETA %s (at this rate)", stage.name, step - stage.start,
+                   stage.steps, step, stages[-1].end, scalars["train/loss"],
+                   scalars["train/accuracy"], rate, flops_done / elapsed / 1e9,
+                   _duration((stage.end - step) / rate), _duration(total_left / rate))
+
+    every = config.eval.every
+    evaluate_now = step == stage.end or (every and (step - stage.start) % every == 0)
+    score = None
+    if evaluate_now:
+      last, score = evaluator(config, step, stage.name, state["params"])
+    if evaluate_now or step % train_cfg.checkpoint_every == 0:
+      check_finite({"train/nonfinite_streak": int(state["nonfinite_streak"])}, train_cfg,
+                   step, ckpt)
+      ckpt.save(step, state, data_iter, meta, score=score, force=evaluate_now)
+  return state, last
+
+
+def step_flops(train_step, state, batch):
+  """FLOPs of one step on this batch structure, from XLA's cost analysis of the lowering."""
+  cost = train_step.lower(state, batch).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", 0.0))
+
+
+def check_finite(scalars, train_cfg, step, ckpt):
+  """Stops the run when the last steps were all non-finite (their updates were skipped)."""
+  streak = int(scalars.get("train/nonfinite_streak", 0))
+  if streak >= train_cfg.max_nonfinite_streak:
+    ckpt.wait()
+    raise NonFiniteError(
+        f"the loss or gradient was NaN/Inf in the last {streak} steps (up to step {step}); "
+        f"their updates were skipped (train.max_nonfinite_streak="
+        f"{train_cfg.max_nonfinite_streak}). The last good checkpoint is step "
+        f"{ckpt.latest_step()}: lower optimizer.learning_rate, check the data, then rerun.")
+
+
+def _duration(seconds):
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"

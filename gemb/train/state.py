@@ -1,4 +1,4 @@
-"""The train state (step, params, optimizer state), born sharded, and its shardings.
+"""The train state (step, params, optimizer state, guard counters), born sharded, and its shardings.
 
 The state is a plain dict of global jax.Arrays, so orbax saves it and jit pins it as is.
 Parameters follow the logical-axis rules of gemb.parallel; each optimizer slot (Adam's
@@ -11,6 +11,7 @@ from flax import nnx
 
 from gemb import parallel
 from gemb.model.embedder_model import MultimodalEmbedder
+from gemb.train import curriculum
 from gemb.train.optimizer import make_optimizer
 
 
@@ -33,17 +34,24 @@ def like_params_shardings(tree, params, mesh):
   return jax.tree_util.tree_map_with_path(pick, tree)
 
 
-def create_train_state(config, mesh, total_steps):
-  """-> (graphdef, state, state_shardings, optimizer, lr_schedule)."""
+def create_train_state(config, mesh):
+  """-> (graphdef, state, state_shardings, first stage's optimizer, lr schedule of the run).
+
+  Every stage's optimizer is the same chain with its own hyper-parameters and this one
+  schedule, so one optimizer state serves the whole curriculum.
+  """
   seed = config.seed
+  stages = curriculum.resolve_stages(config)
+  schedule = curriculum.learning_rate(stages)
+  tx = make_optimizer(stages[0].config.optimizer, schedule)
   graphdef, params = parallel.create_sharded(
       lambda: MultimodalEmbedder(config.model, rngs=nnx.Rngs(seed)), mesh)
-  tx, schedule = make_optimizer(config.optimizer, total_steps)
   opt_shardings = like_params_shardings(jax.eval_shape(tx.init, params), params, mesh)
   with jax.set_mesh(mesh):
     opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-  state = {"step": jax.device_put(jnp.zeros((), jnp.int32), parallel.replicated(mesh)),
-           "params": params, "opt_state": opt_state}
+  counter = lambda: jax.device_put(jnp.zeros((), jnp.int32), parallel.replicated(mesh))  # noqa: E731
+  state = {"step": counter(), "params": params, "opt_state": opt_state,
+           "nonfinite_steps": counter(), "nonfinite_streak": counter()}
   shardings = jax.tree.map(lambda x: x.sharding, state)
   return graphdef, state, shardings, tx, schedule
 

@@ -1,17 +1,25 @@
-"""The jitted train step: embed every side of a batch, contrastive loss, AdamW update.
+"""The jitted train step: embed every side of a batch, contrastive loss, guarded AdamW update.
 
 Params and optimizer state keep the shardings they were born with (in/out shardings are
 pinned, the state buffer is donated), so a step never recompiles or reshards after the
 first call. The batch arrives sharded over ('data', 'fsdp'); the loss's shard_map gathers
 candidates across devices.
+
+Guards: a step whose loss or gradient is not finite leaves params and optimizer state
+unchanged (the update is skipped, not applied with NaNs) and counts itself in the state
+(``nonfinite_steps`` in total, ``nonfinite_streak`` in a row); the loop stops the run
+when the streak reaches ``train.max_nonfinite_streak``. Frozen parameters (a stage's
+``freeze`` regex) get a zero gradient and a zero update.
 """
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from gemb import losses
 from gemb.model.batch import flatten_negatives
+from gemb.train.metrics import TrainMetrics
 
 
 def embed_batch(model, batch, dropout_key=None):
@@ -40,8 +48,15 @@ def batch_loss(model, batch, loss_cfg, mesh, dropout_key=None):
       mesh=mesh)
 
 
-def make_train_step(graphdef, tx, schedule, config, mesh, state_shardings):
-  """-> jitted ``step(state, batch) -> (state, metrics)``."""
+def _zero_where(mask, tree):
+  return jax.tree.map(lambda m, x: jnp.zeros_like(x) if m else x, mask, tree)
+
+
+def make_train_step(graphdef, tx, schedule, config, mesh, state_shardings, frozen=None):
+  """-> jitted ``step(state, batch) -> (state, TrainMetrics)``.
+
+  ``frozen``: pytree of bools like params (True = not trained), or None.
+  """
   dropout = config.model.dropout > 0
   base_key = jax.random.key(config.seed)
 
@@ -51,12 +66,27 @@ def make_train_step(graphdef, tx, schedule, config, mesh, state_shardings):
     def loss_fn(params):
       return batch_loss(nnx.merge(graphdef, params), batch, config.loss, mesh, key)
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    if frozen is not None:
+      grads = _zero_where(frozen, grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                   learning_rate=schedule(state["step"]))
-    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+    if frozen is not None:  # weight decay and Adam momentum would still move them
+      updates = _zero_where(frozen, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_old = lambda new, old: jax.tree.map(  # noqa: E731
+        lambda n, o: jnp.where(finite, n, o), new, old)
+    params = keep_old(optax.apply_updates(state["params"], updates), state["params"])
+    opt_state = keep_old(opt_state, state["opt_state"])
+    nonfinite = state["nonfinite_steps"] + (~finite).astype(jnp.int32)
+    streak = jnp.where(finite, 0, state["nonfinite_streak"] + 1)
+    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+                 "nonfinite_steps": nonfinite, "nonfinite_streak": streak}
+    step_metrics = TrainMetrics.single_from_model_output(
+        loss=loss, accuracy=aux.get("accuracy", jnp.nan), grad_norm=grad_norm,
+        learning_rate=schedule(state["step"]), temperature=1.0 / aux["logit_scale"],
+        nonfinite_steps=nonfinite, nonfinite_streak=streak)
+    return new_state, step_metrics
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return jax.jit(train_step, out_shardings=(state_shardings, replicated), donate_argnums=(0,))

@@ -1,0 +1,86 @@
+"""Config checks that run before any work: a typo or a wrong value fails in a second, naming
+the key, instead of after the tokenizer was trained or hours into a run.
+
+Unknown keys and wrong types given on the command line are already refused by
+ml-collections (locked config, typed fields); this covers what it cannot see: values out of
+their allowed set, stage overrides (gemb/train/curriculum.py), task names, Matryoshka dims
+that the model cannot produce, and batches that the mesh cannot split.
+"""
+
+from gemb.data.pipeline import get_tasks
+from gemb.train import curriculum
+
+CHOICES = {
+    ("data", "mixing"): ("task", "example"),
+    ("data", "on_bad_record"): ("error", "skip"),
+    ("data", "builtin_config"): ("full", "small"),
+    ("loss", "kind"): ("infonce", "sigmoid"),
+    ("model", "pooling"): ("mean", "first", "attention"),
+    ("soup", "kind"): ("last", "stages", "none"),
+}
+POSITIVE_INTS = (("train", "log_every"), ("train", "checkpoint_every"),
+                 ("train", "keep_checkpoints"), ("train", "max_nonfinite_streak"),
+                 ("data", "batch_size"), ("eval", "batch_size"))
+
+
+def _fail(where, key, message):
+  return ValueError(f"config{where}.{key}: {message}")
+
+
+def _check_section_values(config, where):
+  for (section, key), allowed in CHOICES.items():
+    if section in config and config[section][key] not in allowed:
+      raise _fail(where, f"{section}.{key}",
+                  f"{config[section][key]!r} is not one of {allowed}")
+  for section, key in POSITIVE_INTS:
+    value = config[section][key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise _fail(where, f"{section}.{key}", f"must be a positive int, got {value!r}")
+  if config.train.keep_best < 0:
+    raise _fail(where, "train.keep_best", f"must be >= 0, got {config.train.keep_best}")
+  embed_dim = config.model.embed_dim
+  loss = config.loss
+  if len(loss.matryoshka_dims) != len(loss.matryoshka_weights):
+    raise _fail(where, "loss.matryoshka_weights", f"{tuple(loss.matryoshka_weights)} needs one "
+                f"weight per dim of loss.matryoshka_dims={tuple(loss.matryoshka_dims)}")
+  for key, dims in (("loss.matryoshka_dims", loss.matryoshka_dims),
+                    ("eval.dims", config.eval.dims)):
+    bad = [d for d in dims if not 0 < d <= embed_dim]
+    if bad or not dims:
+      raise _fail(where, key, f"dims {list(bad or dims)} are impossible: each must be in "
+                  f"[1, model.embed_dim={embed_dim}]")
+  if config.eval.every < 0:
+    raise _fail(where, "eval.every", f"must be >= 0, got {config.eval.every}")
+  try:
+    get_tasks(config, tuple(config.data.tasks) + tuple(config.eval.tasks))
+  except ValueError as e:
+    raise _fail(where, "data.tasks / eval.tasks", str(e)) from None
+  if config.eval.tasks and config.train.best_metric not in (
+      "R@1", "R@5", "R@10", "NDCG@10", "MRR@10", "mAP"):
+    raise _fail(where, "train.best_metric", f"{config.train.best_metric!r} is not a "
+                "retrieval metric (R@1, R@5, R@10, NDCG@10, MRR@10, mAP)")
+
+
+def validate(config):
+  """Checks the whole config and every stage's resolved config; -> [Stage]."""
+  stages = curriculum.resolve_stages(config)
+  for stage in stages:
+    where = "" if len(stages) == 1 else f".stages[{stage.index}] ({stage.name!r})"
+    _check_section_values(stage.config, where)
+    if not stage.config.eval.tasks:
+      raise _fail(where, "eval.tasks", "is empty: every stage ends with an evaluation")
+  soup = config.soup
+  if soup.kind == "last" and not 0 < soup.num <= config.train.keep_checkpoints:
+    raise _fail("", "soup.num", f"{soup.num} must be in [1, train.keep_checkpoints="
+                f"{config.train.keep_checkpoints}] (the soup averages kept checkpoints)")
+  return stages
+
+
+def check_mesh(stages, mesh):
+  """Every stage's global batch must split evenly over the batch axes of the mesh."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  for stage in stages:
+    batch = stage.config.data.batch_size
+    if batch % shards:
+      raise ValueError(f"config.stages[{stage.index}] ({stage.name!r}): data.batch_size="
+                       f"{batch} is not divisible by the mesh's batch axes data*fsdp={shards}")
