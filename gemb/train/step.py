@@ -11,7 +11,7 @@ import optax
 from flax import nnx
 
 from gemb import losses
-from gemb.model.batch import flatten_negatives
+from gemb.batch import flatten_negatives
 
 
 def embed_batch(model, batch, dropout_key=None):
