@@ -15,6 +15,7 @@ import wave
 import grain
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
 from configs import tiny
@@ -128,3 +129,28 @@ def make_bundle(workdir, out, **kwargs):
   from gemb.export.__main__ import run
   run(workdir, out, **kwargs)
   return out
+
+
+# ---- pytest fixtures, imported by the test files that need them. The builders above are
+# cached, so every file of a session shares one run, one bundle and one loaded Embedder
+# (whose compiled entry points are then reused).
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+  return make_workdir(str(tmp_path_factory.getbasetemp() / "export_run"))
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(run_dir, tmp_path_factory):
+  return make_bundle(run_dir[0], str(tmp_path_factory.getbasetemp() / "export_bundle"))
+
+
+@pytest.fixture(scope="session")
+def embedder(bundle_dir):
+  return load_embedder(bundle_dir)
+
+
+@functools.lru_cache(maxsize=None)
+def load_embedder(directory):
+  from gemb.serving import Embedder
+  return Embedder.load(directory)

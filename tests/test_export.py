@@ -11,19 +11,12 @@ import pytest
 from absl import app
 
 import export_fixtures as fx
+from export_fixtures import bundle_dir, run_dir  # noqa: F401 (pytest fixtures)
 from gemb.export import soup
 from gemb.export.__main__ import parse_slots, restore_target, run
 from gemb.serving import bundle
 
 
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory):
-  return fx.make_workdir(str(tmp_path_factory.getbasetemp() / "export_run"))
-
-
-@pytest.fixture(scope="session")
-def bundle_dir(run_dir, tmp_path_factory):
-  return fx.make_bundle(run_dir[0], str(tmp_path_factory.getbasetemp() / "export_bundle"))
 
 
 def test_uniform_soup_equals_numpy_mean():

@@ -18,6 +18,7 @@ import pytest
 from flax import nnx
 
 import export_fixtures as fx
+from export_fixtures import bundle_dir, embedder, run_dir  # noqa: F401 (pytest fixtures)
 from gemb.data.examples import ExampleLoader, InputShapes
 from gemb.data.pipeline import task_registry
 from gemb.data.tokenizer import Tokenizer
@@ -30,23 +31,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory):
-  return fx.make_workdir(str(tmp_path_factory.getbasetemp() / "export_run"))
-
-
-@pytest.fixture(scope="session")
-def bundle_dir(run_dir, tmp_path_factory):
-  return fx.make_bundle(run_dir[0], str(tmp_path_factory.getbasetemp() / "export_bundle"))
-
-
-@pytest.fixture(scope="session")
-def embedder(bundle_dir):
-  return Embedder.load(bundle_dir)
-
-
-@pytest.fixture(scope="session")
 def records():
   return fx.records()
+
+
 
 
 def in_framework(params, run_dir, task_name, side, recs, dims):

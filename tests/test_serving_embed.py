@@ -12,25 +12,13 @@ import numpy as np
 import pytest
 
 import export_fixtures as fx
+from export_fixtures import bundle_dir, embedder, run_dir  # noqa: F401 (pytest fixtures)
 from gemb import embed
-from gemb.serving import Embedder, InputError
+from gemb.serving import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory):
-  return fx.make_workdir(str(tmp_path_factory.getbasetemp() / "export_run"))
-
-
-@pytest.fixture(scope="session")
-def bundle_dir(run_dir, tmp_path_factory):
-  return fx.make_bundle(run_dir[0], str(tmp_path_factory.getbasetemp() / "export_bundle"))
-
-
-@pytest.fixture(scope="session")
-def embedder(bundle_dir):
-  return Embedder.load(bundle_dir)
 
 
 def write_jsonl(path, items):
