@@ -101,8 +101,10 @@ def test_soup_export_and_cli_errors(run_dir, tmp_path):
   workdir, saved = run_dir
   out = str(tmp_path / "soup")
   manifest = run(workdir, out, soup_steps=["2", "3"], saved_model="no",
-                 slots={"image": 1, "video": 0})
+                 slots={"image": 1, "video": 0}, platforms=("cpu", "cuda"))
   assert manifest["source"]["steps"] == [2, 3] and manifest["source"]["soup"]
+  with open(os.path.join(out, "stablehlo", "text.bin"), "rb") as f:
+    assert jax.export.deserialize(bytearray(f.read())).platforms == ("cpu", "cuda")
   assert manifest["entry_points"]["interleaved"]["slots"] == {"text": 4, "image": 1, "audio": 2}
   names, arrays = bundle.load_params(out)
   expected = (saved[2]["head"]["kernel"] + saved[3]["head"]["kernel"]) / 2

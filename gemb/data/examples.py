@@ -52,6 +52,12 @@ class InputShapes:
                video_size=m.video.size, max_text_chars=d.max_text_chars,
                max_audio_seconds=d.max_audio_seconds, max_video_frames=d.max_video_frames)
 
+  def slot_shapes(self):
+    """Shape of one slot of each modality in the batch format (gemb/batch.py)."""
+    return {"text": (self.text_len,), "image": (self.image_size, self.image_size, 3),
+            "audio": (self.audio_samples,),
+            "video": (self.video_frames, self.video_size, self.video_size, 3)}
+
 
 def load_text(value, tokenizer, shapes):
   """Raw text (str or UTF-8 bytes) -> int32 [shapes.text_len] ids (truncated, padded).

@@ -51,16 +51,9 @@ def entry_point_slots(modalities, interleaved_slots=None):
   return entries
 
 
-def slot_shapes(shapes):
-  """Shape of one slot of each modality (gemb/batch.py), from the run's InputShapes."""
-  return {"text": (shapes.text_len,), "image": (shapes.image_size, shapes.image_size, 3),
-          "audio": (shapes.audio_samples,),
-          "video": (shapes.video_frames, shapes.video_size, shapes.video_size, 3)}
-
-
 def side_spec(slots, shapes, batch):
   """ShapeDtypeStructs of a side with these slots and leading dim ``batch``."""
-  per_slot = slot_shapes(shapes)
+  per_slot = shapes.slot_shapes()
   spec = {"layout": jax.ShapeDtypeStruct((batch, sum(slots.values())), np.int32)}
   for m, n in slots.items():
     spec[m] = jax.ShapeDtypeStruct((batch, n, *per_slot[m]),

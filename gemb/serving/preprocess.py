@@ -25,10 +25,7 @@ class Preprocessor:
     self.use_instructions = spec["instructions"]
     self.order = [e for e in SINGLE_ENTRY_POINTS + (INTERLEAVED,) if e in slots_by_entry]
     self.slots = slots_by_entry
-    s = self.shapes
-    self.slot_shapes = {"text": (s.text_len,), "image": (s.image_size, s.image_size, 3),
-                        "audio": (s.audio_samples,),
-                        "video": (s.video_frames, s.video_size, s.video_size, 3)}
+    self.slot_shapes = self.shapes.slot_shapes()
     self._instruction_ids = {}
 
   def instruction(self, task):
