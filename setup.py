@@ -17,5 +17,9 @@ setup(
     packages=find_packages(include=["gemb", "gemb.*"]),
     python_requires=">=3.11",
     install_requires=requirements,
-    extras_require={"test": ["pytest==9.2.0", "scikit-video==1.1.11"]},
+    extras_require={
+        "test": ["pytest==9.2.0", "scikit-video==1.1.11"],
+        # TensorFlow SavedModel export of serving bundles (python -m gemb.export).
+        "serving": ["tensorflow-cpu==2.21.0"],
+    },
 )

@@ -23,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gemb import parallel
-from gemb.model.batch import IMAGE, TEXT
+from gemb.batch import IMAGE, TEXT
 from gemb.train.state import create_train_state
 from gemb.train.step import make_train_step
 

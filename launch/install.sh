@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs gemb and everything its built-in data needs into ./.venv (idempotent).
 #   bash launch/install.sh            # then use .venv/bin/python
+#   bash launch/install.sh --serving  # also the `serving` extra (TensorFlow, for SavedModels)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,4 +18,6 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e ".[test]"
+extras="test"
+if [ "${1:-}" = "--serving" ]; then extras="test,serving"; fi
+.venv/bin/pip install -q -e ".[$extras]"

@@ -9,7 +9,7 @@ from configs import tiny
 from gemb import losses
 from gemb.data import pipeline, sources
 from gemb.data.tokenizer import Tokenizer
-from gemb.model.batch import MODALITIES
+from gemb.batch import MODALITIES
 from gemb.model.embedder_model import MultimodalEmbedder
 from gemb.train.step import embed_batch
 

@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from gemb.data.builtin import emoji, video
 from gemb.data.media.video import load_video
-from gemb.model.batch import MODALITIES
+from gemb.batch import MODALITIES
 
 MAIN = video.SPLITS
 ALL_SPLITS = MAIN + tuple(f"{s}_narrated" for s in MAIN)

@@ -11,7 +11,7 @@ from configs import tiny
 from configs.common import model_config
 from gemb import parallel
 from gemb.train.checkpoint import Checkpointer
-from gemb.train.soup import load_init_params, uniform_soup
+from gemb.train.soup import load_init_params
 from gemb.train.state import create_train_state
 
 
@@ -92,12 +92,3 @@ def test_init_from_copies_matching_params_only(tmp_path):
     load_init_params(str(tmp_path / "nowhere"), ".*", fresh["params"])
   with pytest.raises(ValueError, match="matches no parameter"):
     load_init_params(str(tmp_path / "source"), "^nothing/", fresh["params"])
-
-
-def test_uniform_soup_is_the_mean():
-  trees = [as_numpy(state_on((8, 1, 1), seed=s)["params"]) for s in range(3)]
-  soup = uniform_soup(trees)
-  jax.tree.map(lambda s, *xs: np.testing.assert_allclose(s, np.mean(xs, axis=0), rtol=1e-6,
-                                                         atol=1e-7), soup, *trees)
-  with pytest.raises(ValueError):
-    uniform_soup([])

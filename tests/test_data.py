@@ -16,7 +16,7 @@ from gemb.data import pipeline
 from gemb.data import sources
 from gemb.data.builtin import emoji
 from gemb.data.tokenizer import Tokenizer
-from gemb.model import batch
+from gemb import batch
 
 SPLITS = ("train", "validation", "test")
 

@@ -11,7 +11,7 @@ from flax import nnx
 from configs.common import model_config
 from gemb import parallel
 from gemb.model import audio_features
-from gemb.model.batch import AUDIO, IMAGE, MODALITIES, NO_SEGMENT, TEXT, VIDEO
+from gemb.batch import AUDIO, IMAGE, MODALITIES, NO_SEGMENT, TEXT, VIDEO
 from gemb.model.embedder_model import MultimodalEmbedder, matryoshka
 
 B = 4

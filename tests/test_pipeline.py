@@ -15,7 +15,7 @@ from gemb.data import pipeline
 from gemb.data.examples import PAD_NEGATIVE_ID, BadRecord, ExampleLoader, InputShapes
 from gemb.data.tasks import TaskSpec
 from gemb.data.tokenizer import Tokenizer
-from gemb.model import batch
+from gemb import batch
 
 WORDS = ["apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "plum", "kiwi", "lime"]
 

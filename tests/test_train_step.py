@@ -7,7 +7,7 @@ import pytest
 from configs import tiny
 from configs.common import model_config
 from gemb import parallel
-from gemb.model.batch import IMAGE, TEXT
+from gemb.batch import IMAGE, TEXT
 from gemb.train.curriculum import frozen_mask
 from gemb.train.state import create_train_state
 from gemb.train.step import make_train_step

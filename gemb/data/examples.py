@@ -3,7 +3,7 @@
 ``ExampleLoader`` is the grain transform between a random-access source and batching. For
 a task (gemb/data/tasks.py) it reads a record, decodes each segment with its modality's
 loader (gemb/data/media/), tokenizes text (with the task instruction as a leading text
-segment of the query), and packs each side in the batch format of gemb/model/batch.py
+segment of the query), and packs each side in the batch format of gemb/batch.py
 with the task's static slot counts, so every example of a task has identical shapes.
 
 Bad records (corrupt media, empty or over-long text, missing field or file) raise
@@ -20,7 +20,7 @@ from gemb.data.media import MediaError
 from gemb.data.media.audio import load_audio
 from gemb.data.media.image import load_image
 from gemb.data.media.video import load_video
-from gemb.model.batch import MODALITIES, PAD_ID
+from gemb.batch import MODALITIES, PAD_ID, pack_side
 
 # Examples carrying fewer hard negatives than K are padded with this id; the loss masks
 # every column whose id is negative, so padding never acts as a negative.
@@ -51,6 +51,56 @@ class InputShapes:
                audio_samples=m.audio.num_samples, video_frames=m.video.frames,
                video_size=m.video.size, max_text_chars=d.max_text_chars,
                max_audio_seconds=d.max_audio_seconds, max_video_frames=d.max_video_frames)
+
+  def slot_shapes(self):
+    """Shape of one slot of each modality in the batch format (gemb/batch.py)."""
+    return {"text": (self.text_len,), "image": (self.image_size, self.image_size, 3),
+            "audio": (self.audio_samples,),
+            "video": (self.video_frames, self.video_size, self.video_size, 3)}
+
+
+def load_text(value, tokenizer, shapes):
+  """Raw text (str or UTF-8 bytes) -> int32 [shapes.text_len] ids (truncated, padded).
+
+  Raises MediaError for a non-text value, an empty or over-long text, or one without tokens.
+  """
+  if isinstance(value, (list, tuple, np.ndarray)) and not isinstance(value, str):
+    raise MediaError(f"expected one text, got a list of {len(value)}")
+  if not isinstance(value, (str, bytes)):
+    raise MediaError(f"expected a text (str or bytes), got {type(value).__name__}")
+  try:
+    text = value.decode("utf-8") if isinstance(value, bytes) else value
+  except UnicodeDecodeError as e:
+    raise MediaError(f"text is not UTF-8: {e}") from e
+  if not text.strip():
+    raise MediaError("empty text")
+  if len(text) > shapes.max_text_chars:
+    raise MediaError(f"text of {len(text)} characters exceeds data.max_text_chars="
+                     f"{shapes.max_text_chars}")
+  ids = tokenizer.encode([text], shapes.text_len)[0]
+  if not np.any(ids != PAD_ID):
+    raise MediaError(f"text {text[:40]!r} has no tokens")
+  return ids
+
+
+def decode_segment(modality, value, shapes, tokenizer, *, source_rate=None):
+  """One raw segment value -> the model input of its slot (audio: (waveform, valid length)).
+
+  The one decoding path of training, evaluation and serving (gemb.serving), so an exported
+  model sees exactly the inputs it was trained on. source_rate: the rate of a raw audio
+  array (encoded audio carries its own). Raises MediaError naming what is wrong.
+  """
+  if modality == "text":
+    return load_text(value, tokenizer, shapes)
+  if modality == "image":
+    return load_image(value, shapes.image_size)
+  if modality == "audio":
+    return load_audio(value, sample_rate=shapes.audio_rate, num_samples=shapes.audio_samples,
+                      max_seconds=shapes.max_audio_seconds, source_rate=source_rate)
+  if modality == "video":
+    return load_video(value, frames=shapes.video_frames, size=shapes.video_size,
+                      max_frames=shapes.max_video_frames)
+  raise MediaError(f"unknown modality {modality!r}; known: {MODALITIES}")
 
 
 def side_slots(segments, with_instruction):
@@ -108,29 +158,12 @@ class ExampleLoader:
     return example
 
   def side(self, record, index, segments, instruction_ids):
-    """Packs the segments of one side into slot arrays [S_m, ...] and a layout [S]."""
-    slots = side_slots(segments, instruction_ids is not None)
-    values = {m: [] for m in MODALITIES}
-    layout = []
-    if instruction_ids is not None:
-      values["text"].append(instruction_ids)
-      layout.append(MODALITIES.index("text"))
-    lengths = []
+    """Packs the segments of one side (after the instruction, if any) into slot arrays."""
+    decoded = [] if instruction_ids is None else [("text", instruction_ids)]
     for seg in segments:
       value = self.field(record, index, seg.field)
-      decoded = self.decode(seg.modality, value, index, seg.field)
-      if seg.modality == "audio":
-        decoded, length = decoded
-        lengths.append(length)
-      values[seg.modality].append(decoded)
-      layout.append(MODALITIES.index(seg.modality))
-    side = {"layout": np.asarray(layout, np.int32)}
-    for m in MODALITIES:
-      if slots[m]:
-        side[m] = np.stack(values[m])
-    if slots["audio"]:
-      side["audio_length"] = np.asarray(lengths, np.int32)
-    return side
+      decoded.append((seg.modality, self.decode(seg.modality, value, index, seg.field)))
+    return pack_side(decoded)
 
   def negatives(self, record, index):
     """K hard negatives as a side [K, ...] plus ids [K]; missing ones are padding."""
@@ -151,33 +184,10 @@ class ExampleLoader:
     return stacked, np.asarray(ids, np.int32)
 
   def decode(self, modality, value, index, field):
-    s = self.shapes
     try:
-      if modality == "text":
-        return self.tokenize(value)
-      if modality == "image":
-        return load_image(value, s.image_size)
-      if modality == "audio":
-        return load_audio(value, sample_rate=s.audio_rate, num_samples=s.audio_samples,
-                          max_seconds=s.max_audio_seconds)
-      return load_video(value, frames=s.video_frames, size=s.video_size,
-                        max_frames=s.max_video_frames)
+      return decode_segment(modality, value, self.shapes, self.tokenizer)
     except MediaError as e:
       raise BadRecord(f"{self._where(index)}, field {field!r} ({modality}): {e}") from e
-
-  def tokenize(self, value):
-    if isinstance(value, (list, tuple, np.ndarray)) and not isinstance(value, str):
-      raise MediaError(f"expected one text, got a list of {len(value)}")
-    text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
-    if not text.strip():
-      raise MediaError("empty text")
-    if len(text) > self.shapes.max_text_chars:
-      raise MediaError(f"text of {len(text)} characters exceeds data.max_text_chars="
-                       f"{self.shapes.max_text_chars}")
-    ids = self.tokenizer.encode([text], self.shapes.text_len)[0]
-    if not np.any(ids != PAD_ID):
-      raise MediaError(f"text {text[:40]!r} has no tokens")
-    return ids
 
   def field(self, record, index, name):
     if name not in record:

@@ -105,7 +105,7 @@ def train_dataset(config, tokenizer, *, seed, process_index=0, process_count=1):
   """Infinite stream of this process's batches of the configured task mixture.
 
   Each batch has data.batch_size // process_count examples in the batch format of
-  gemb/model/batch.py plus "task_index" [b] (which task) and "skipped" [b] (bad records
+  gemb/batch.py plus "task_index" [b] (which task) and "skipped" [b] (bad records
   replaced under on_bad_record="skip"); the loop pops both before the step. The stream
   depends only on the seed and the sharding, and iter(ds).get_state()/set_state() resume it
   exactly (also with worker processes).

@@ -1,7 +1,7 @@
 """Tasks: what a contrastive task reads from its records, and the registry of built-in tasks.
 
 A task turns records of one dataset into (query, candidate[, hard negatives]) examples in
-the batch format of gemb/model/batch.py. It names, per side, the ordered segments of an
+the batch format of gemb/batch.py. It names, per side, the ordered segments of an
 example as ``Segment(modality, field)``; the pipeline decodes each field with its
 modality's loader (gemb/data/media/) and packs the segments in that order.
 
@@ -23,12 +23,12 @@ gemb/data/builtin/<name>.py); ``BUILTIN_TASKS`` collects them by name.
 
 import dataclasses
 
-from gemb.model.batch import MODALITIES
+from gemb.batch import MODALITIES
 
 
 @dataclasses.dataclass(frozen=True)
 class Segment:
-  modality: str  # one of gemb.model.batch.MODALITIES
+  modality: str  # one of gemb.batch.MODALITIES
   field: str     # record field holding the raw value
 
   def __post_init__(self):

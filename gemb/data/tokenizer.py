@@ -1,7 +1,7 @@
 """Text tokenizer: a sentencepiece unigram model trained in memory on the training texts.
 
 Owns training, saving/loading and batch encoding to the fixed-length id arrays of the batch
-format (gemb/model/batch.py: 0 = padding). Uses the `sentencepiece` package (Apache-2.0);
+format (gemb/batch.py: 0 = padding). Uses the `sentencepiece` package (Apache-2.0);
 the model is trained on gemb's own data (see gemb/data/pipeline.py:tokenizer_corpus).
 Special ids: pad 0, unk 1, bos 2, eos 3. `encode` adds neither bos nor eos: every valid
 token is a piece of the text, and the model tells text apart from padding by id 0 alone.
@@ -13,7 +13,7 @@ import os
 import numpy as np
 import sentencepiece as spm
 
-from gemb.model import batch
+from gemb import batch
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = batch.PAD_ID, 1, 2, 3
 

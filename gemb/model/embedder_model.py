@@ -1,6 +1,6 @@
 """The multimodal embedding model: embedders -> interleave -> shared transformer -> head.
 
-``MultimodalEmbedder(side)`` takes one side of a batch in the format of gemb/model/batch.py
+``MultimodalEmbedder(side)`` takes one side of a batch in the format of gemb/batch.py
 (any mix of text / image / audio / video segments per example) and returns raw embeddings
 ``[B, model.embed_dim]``. ``matryoshka(raw, d)`` gives the unit-norm embedding at output
 size d (the L2-normalized first-d prefix). Queries, candidates and hard negatives all go
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gemb.model.batch import MODALITIES
+from gemb.batch import MODALITIES
 from gemb.model.embedders import EMBEDDERS, param
 from gemb.model.transformer import Transformer, layer_norm
 from gemb.parallel import constrain

@@ -1,6 +1,6 @@
 """Per-modality embedders: raw inputs -> tokens of the shared width D plus a validity mask.
 
-Every embedder maps its slot array ``[B, S, ...]`` (see gemb/model/batch.py) to tokens
+Every embedder maps its slot array ``[B, S, ...]`` (see gemb/batch.py) to tokens
 ``[B, S, N, D]`` and a mask ``[B, S, N]``. Modality-specific code ends here: after this,
 all tokens go through one shared transformer. Position embeddings inside a segment are
 per modality (text index; image row/column; audio time/mel; video time/row/column);
@@ -12,7 +12,7 @@ import ml_collections
 from flax import nnx
 
 from gemb.model import audio_features
-from gemb.model.batch import PAD_ID
+from gemb.batch import PAD_ID
 
 _EMBED_INIT = nnx.initializers.normal(0.02)
 

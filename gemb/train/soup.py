@@ -12,6 +12,7 @@ import os
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -21,11 +22,38 @@ from gemb.train.curriculum import param_path
 
 
 def uniform_soup(param_trees):
-  """The element-wise mean of parameter pytrees of one structure (kept on their devices)."""
-  if not param_trees:
-    raise ValueError("a soup needs at least one parameter tree")
-  n = len(param_trees)
-  return jax.tree.map(lambda *xs: sum(xs[1:], xs[0]) / n, *param_trees)
+  """Leaf-wise mean of an iterable of same-structure pytrees, in each leaf's dtype.
+
+  Works on numpy trees and on global jax.Arrays (whose shardings it keeps). Sums in float32
+  (at least), one tree at a time, so a generator of restored checkpoints never holds more
+  than the running sum and one checkpoint in memory.
+  """
+  total, count = None, 0
+  for tree in param_trees:
+    if total is None:
+      dtypes = jax.tree.map(lambda x: x.dtype, tree)
+      total = jax.tree.map(lambda x: jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32)),
+                           tree)
+    else:
+      if jax.tree.structure(tree) != jax.tree.structure(total):
+        raise ValueError(f"checkpoint {count} has another parameter structure than checkpoint 0")
+      total = jax.tree.map(jnp.add, total, tree)
+    count += 1
+  if not count:
+    raise ValueError("uniform_soup needs at least one parameter tree")
+  return jax.tree.map(lambda s, dtype: (s / count).astype(dtype), total, dtypes)
+
+
+def soup_of_checkpoints(checkpointer, steps, params_like):
+  """Uniform soup of the params of checkpoint ``steps``, restored one at a time onto
+  ``params_like``'s shardings (the trainer's end-of-run soup and gemb.export --soup)."""
+  if not steps:
+    raise ValueError("a soup needs at least one checkpoint step")
+  available = set(checkpointer.all_steps())
+  missing = [s for s in steps if s not in available]
+  if missing:
+    raise ValueError(f"no checkpoint for step(s) {missing}; available: {sorted(available)}")
+  return uniform_soup(checkpointer.restore_params(s, params_like) for s in steps)
 
 
 def load_init_params(path, pattern, params):
@@ -62,16 +90,10 @@ def _nest(flat):
 
 
 def soup_steps(config, stages, ckpt):
-  kept = ckpt.all_steps()
+  """Which checkpoints config.soup averages (stage ends are pinned when kind="stages")."""
   if config.soup.kind == "stages":
-    steps = [s.end for s in stages]
-  else:
-    steps = kept[-config.soup.num:]
-  missing = sorted(set(steps) - set(kept))
-  if missing:
-    raise ValueError(f"soup.kind={config.soup.kind!r} needs checkpoints {missing}, which "
-                     f"are not kept (kept: {kept}); raise train.keep_checkpoints")
-  return steps
+    return [s.end for s in stages]
+  return ckpt.all_steps()[-config.soup.num:]
 
 
 def best_checkpoint(workdir, kept_steps, config):
@@ -92,7 +114,7 @@ def soup_and_compare(config, stages, ckpt, params_like, evaluator, workdir):
   """Evaluates the soup and writes its comparison with the best single checkpoint."""
   final = stages[-1]
   steps = soup_steps(config, stages, ckpt)
-  soup = uniform_soup([ckpt.restore_params(s, params_like) for s in steps])
+  soup = soup_of_checkpoints(ckpt, steps, params_like)
   soup_results, soup_score = evaluator(final.config, final.end, "soup", soup, name="soup")
   best_step, best = best_checkpoint(workdir, set(ckpt.all_steps()), final.config)
   if best is None or jax.process_index() != 0:

@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 
 from gemb import losses
-from gemb.model.batch import flatten_negatives
+from gemb.batch import flatten_negatives
 from gemb.train.metrics import TrainMetrics
 
 

@@ -35,6 +35,8 @@ Shapes are static per task, so each task compiles once (padding happens in the d
 pipeline, never under jit).
 """
 
+import numpy as np
+
 TEXT, IMAGE, AUDIO, VIDEO = 0, 1, 2, 3
 MODALITIES = ("text", "image", "audio", "video")
 NO_SEGMENT = -1
@@ -52,3 +54,42 @@ def batch_size(side):
 def flatten_negatives(side):
   """[B, K, ...] hard-negative side -> [B*K, ...] side the model can embed."""
   return {k: v.reshape((-1,) + v.shape[2:]) for k, v in side.items()}
+
+
+def pack_side(segments, slots=None, slot_shapes=None):
+  """One example's ordered, decoded segments -> its side arrays (no batch dim).
+
+  segments: [(modality, value)] in example order; value is the slot array of its modality
+  (text ids [Lt], image [H, W, 3], ...), audio a (waveform [N], valid length) pair.
+  slots: None packs exactly these segments (a training example of a task: modalities without
+  segments are absent). A {modality: count} dict pads to fixed slot counts instead (a
+  serving entry point): unused slots are zeros (length 0 for audio), ``layout`` has
+  sum(counts) entries, NO_SEGMENT after the segments; slot_shapes {modality: shape} gives
+  the shape of a slot no segment fills.
+  """
+  values, lengths = {m: [] for m in MODALITIES}, []
+  layout = []
+  for modality, value in segments:
+    if modality == "audio":
+      value, length = value
+      lengths.append(length)
+    values[modality].append(value)
+    layout.append(MODALITIES.index(modality))
+  if slots is None:
+    slots, size = {m: len(v) for m, v in values.items()}, len(layout)
+  else:
+    over = {m: len(v) for m, v in values.items() if len(v) > slots.get(m, 0)}
+    if over:
+      raise ValueError(f"an example with {over} segments does not fit slots {slots}")
+    size = sum(slots.values())
+  side = {"layout": np.full(size, NO_SEGMENT, np.int32)}
+  side["layout"][:len(layout)] = layout
+  for m in MODALITIES:
+    if slots.get(m, 0):
+      dtype = np.int32 if m == "text" else np.float32
+      missing = slots[m] - len(values[m])
+      padding = [np.zeros(slot_shapes[m], dtype)] * missing if missing else []
+      side[m] = np.stack([np.asarray(v, dtype) for v in values[m]] + padding)
+  if slots.get("audio", 0):
+    side["audio_length"] = np.asarray(lengths + [0] * (slots["audio"] - len(lengths)), np.int32)
+  return side
