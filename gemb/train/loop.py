@@ -15,7 +15,7 @@ from gemb import parallel
 from gemb.data.pipeline import tokenizer_corpus, train_dataset
 from gemb.data.tokenizer import Tokenizer
 from gemb.eval import report
-from gemb.eval.tasks import evaluate_dims, load_tasks
+from gemb.eval.tasks import check_batch_size, check_dims, evaluate_dims, load_tasks
 from gemb.train.checkpoint import Checkpointer
 from gemb.train.state import create_train_state
 from gemb.train.step import make_train_step
@@ -88,6 +88,8 @@ def train_and_evaluate(config, workdir):
     logging.info("resumed from step %d", start)
   step = int(state["step"])
   eval_tasks = load_tasks(config, tokenizer)
+  check_dims(config.eval.dims, config.model.embed_dim)  # bad eval settings fail before training
+  check_batch_size(config.eval.batch_size, mesh)
   task_names = tuple(config.data.tasks)
 
   # ---- Train.
