@@ -162,6 +162,19 @@ def train_dataset(config, tokenizer, *, seed, process_index=0, process_count=1):
   return ds
 
 
+def _usable_examples(loader, on_bad_record):
+  """(record index, example) of every record of the loader's source, in order; a bad record
+  raises, or with on_bad_record="skip" is left out."""
+  for index in range(len(loader.source)):
+    try:
+      example = loader.load(index)
+    except BadRecord:
+      if on_bad_record != "skip":
+        raise
+      continue
+    yield index, example
+
+
 def retrieval_corpus(config, task, tokenizer, split=None):
   """A whole split as a retrieval problem: unique queries, unique candidates, relevance.
 
@@ -175,13 +188,7 @@ def retrieval_corpus(config, task, tokenizer, split=None):
   loader = make_loader(config, task, tokenizer, split, np.arange(len(source)), source,
                        train=False)
   queries, candidates, pairs = {}, {}, set()
-  for index in range(len(source)):
-    try:
-      example = loader.load(index)
-    except BadRecord:
-      if config.data.on_bad_record != "skip":
-        raise
-      continue
+  for _, example in _usable_examples(loader, config.data.on_bad_record):
     q, c = int(example["query_id"]), int(example["candidate_id"])
     queries.setdefault(q, example["query"])
     candidates.setdefault(c, example["candidate"])
@@ -213,13 +220,7 @@ def classification_corpus(config, task, tokenizer, split=None):
   loader = make_loader(config, task.query_task(), tokenizer, split, np.arange(len(source)),
                        source, train=False)
   queries, names = [], []
-  for index in range(len(source)):
-    try:
-      example = loader.load(index)
-    except BadRecord:
-      if config.data.on_bad_record != "skip":
-        raise
-      continue
+  for index, example in _usable_examples(loader, config.data.on_bad_record):
     queries.append(example["query"])
     names.append(_text(source[index][task.label]))
   if not queries:

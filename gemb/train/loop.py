@@ -58,6 +58,8 @@ def train_and_evaluate(config, workdir):
   mesh = parallel.make_mesh(config.mesh)
   logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape), mesh.size,
                jax.process_count())
+  check_dims(config.eval.dims, config.model.embed_dim)  # bad eval settings fail before training
+  check_batch_size(config.eval.batch_size, mesh)
   tokenizer = load_or_train_tokenizer(config, workdir)
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -88,8 +90,6 @@ def train_and_evaluate(config, workdir):
     logging.info("resumed from step %d", start)
   step = int(state["step"])
   eval_tasks = load_tasks(config, tokenizer)
-  check_dims(config.eval.dims, config.model.embed_dim)  # bad eval settings fail before training
-  check_batch_size(config.eval.batch_size, mesh)
   task_names = tuple(config.data.tasks)
 
   # ---- Train.
