@@ -148,6 +148,31 @@ def test_zero_shot_accuracy():
       skm.accuracy_score(labels, scores.argmax(1)))
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_top_k_accuracy_vs_sklearn(seed, k):
+  rng = np.random.default_rng(seed)
+  scores = rng.normal(size=(40, 7))  # Continuous: no ties.
+  labels = rng.integers(0, 7, size=40)
+  ranked = np.argsort(-scores, axis=1)[:, :5]
+  assert metrics.top_k_accuracy(ranked, labels, k) == pytest.approx(
+      skm.top_k_accuracy_score(labels, scores, k=k, labels=np.arange(7)))
+  if k == 1:
+    assert metrics.top_k_accuracy(ranked, labels, 1) == metrics.zero_shot_accuracy(scores, labels)
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_balanced_accuracy_vs_sklearn():
+  rng = np.random.default_rng(3)
+  labels = rng.choice(5, size=60, p=[0.6, 0.2, 0.1, 0.05, 0.05])
+  pred = np.where(rng.random(60) < 0.5, labels, rng.integers(0, 6, size=60))
+  assert metrics.balanced_accuracy(pred, labels) == pytest.approx(
+      skm.balanced_accuracy_score(labels, pred))
+  # A majority-class guess: high accuracy, balanced accuracy 1 / (classes present).
+  majority = np.zeros_like(labels)
+  assert metrics.balanced_accuracy(majority, labels) == pytest.approx(1 / len(set(labels)))
+
+
 def test_chance_recall_at_1_is_expected_random_r1():
   qrels, _, _, _ = random_case(4, num_c=9)
   # Exact expectation over a uniformly random top-1: average R@1 over every possible top-1.
@@ -167,6 +192,10 @@ def test_chance_recall_at_1_is_expected_random_r1():
     (lambda: metrics.recall_at_k([1, 2], [{0: 1}] * 2, 1), r"ranked must be \[Q, K\]"),
     (lambda: metrics.chance_recall_at_1([{4: 1}], 4), r"\[4\] out of range"),
     (lambda: metrics.zero_shot_accuracy([0, 1], [0]), "labels must be"),
+    (lambda: metrics.top_k_accuracy([[0, 1]], [0], 3), r"k must be an int in \[1, 2\].*got 3"),
+    (lambda: metrics.top_k_accuracy([[0, 1]], [0, 1], 1), r"labels must be \[N\] with N=1"),
+    (lambda: metrics.top_k_accuracy(np.zeros((1, 2)), [0], 1), "int class ids"),
+    (lambda: metrics.balanced_accuracy([0, 1], [0]), "pred and labels must be"),
 ])
 def test_errors_name_the_bad_value(call, match):
   with pytest.raises(ValueError, match=match):
@@ -231,3 +260,81 @@ def test_markdown_table():
       "|---|---:|---:|---:|---:|\n"
       "| a | 0.2500 | 1.0000 | - | - |\n"
       "| b | 0.5000 | - | 10 | 0.1250 |\n")
+
+
+def test_markdown_table_one_table_per_kind():
+  tables = report.markdown_table({
+      "zs": {"accuracy": 0.5, "top5_accuracy": 1.0, "chance_accuracy": 0.25, "num_queries": 4,
+             "by_dim": {"8": {"accuracy": 0.25}}},
+      "ret": {"R@1": 0.125, "num_queries": 8}})
+  assert tables == (
+      "| task | R@1 | num_queries |\n"
+      "|---|---:|---:|\n"
+      "| ret | 0.1250 | 8 |\n"
+      "\n"
+      "| task | accuracy | top5_accuracy | chance_accuracy | num_queries |\n"
+      "|---|---:|---:|---:|---:|\n"
+      "| zs | 0.5000 | 1.0000 | 0.2500 | 4 |\n")
+
+
+def encode_entry(modalities, n, seconds):
+  return {"modalities": modalities, "num_items": n, "seconds": seconds,
+          "items_per_s": n / seconds}
+
+
+WITH_ENCODE = {
+    "a": {"R@1": 0.5, "encode": {"queries": encode_entry("image", 100, 0.5),
+                                 "candidates": encode_entry("text", 300, 0.25)}},
+    "b": {"accuracy": 0.5, "encode": {"queries": encode_entry("image", 60, 0.5),
+                                      "candidates": encode_entry("text", 20, 0.25)}},
+}
+
+
+def test_encode_block_roundtrip_tables_and_scalars(tmp_path):
+  path = report.write_eval_json(tmp_path, 3, "s", WITH_ENCODE)
+  assert report.read_eval_json(path)["tasks"] == WITH_ENCODE
+  tables = report.encode_tables(WITH_ENCODE)
+  assert "| a | image | 100 | 200.0 | text | 300 | 1200.0 |" in tables
+  # Per modality over tasks: total items / total seconds.
+  assert "| image | 160 | 1.000 | 160.0 |" in tables
+  assert "| text | 320 | 0.500 | 640.0 |" in tables
+  scalars = report.eval_scalars(WITH_ENCODE)
+  assert scalars["eval/a/encode/candidates_per_s"] == 1200.0
+  assert "encode" not in report.markdown_table(WITH_ENCODE)
+
+
+@pytest.mark.parametrize("encode, match", [
+    ({"queries": encode_entry("image", 1, 1.0)}, "encode must map"),
+    ({"queries": encode_entry("image", 1, 1.0),
+      "candidates": dict(encode_entry("text", 1, 1.0), items_per_s=-1.0)},
+     "encode.candidates.items_per_s must be a rate > 0, got -1.0"),
+    ({"queries": encode_entry("", 1, 1.0), "candidates": encode_entry("text", 1, 1.0)},
+     "encode.queries.modalities must be a name"),
+    ({"queries": {"num_items": 1}, "candidates": encode_entry("text", 1, 1.0)},
+     "encode.queries must have keys"),
+])
+def test_encode_block_rejects_bad_values(tmp_path, encode, match):
+  with pytest.raises(ValueError, match=match):
+    report.write_eval_json(tmp_path, 1, "s", {"t": {"R@1": 0.5, "encode": encode}})
+
+
+def test_baseline_next_to_tasks(tmp_path):
+  baseline = {"model": "random_init", "seed": 7, "tasks": {"coco_t2i": {"R@1": 0.0}}}
+  path = report.write_eval_json(tmp_path, 5, "s", TASKS, baseline=baseline)
+  with open(path) as f:
+    raw = json.load(f)
+  assert list(raw) == ["step", "stage", "tasks", "baseline"]
+  assert raw["tasks"]["coco_t2i"]["R@1"] == 0.25  # The trainer's format is untouched.
+  assert report.read_eval_json(path)["baseline"] == baseline
+  with pytest.raises(ValueError, match=r"baseline: task 'coco_t2i': R@1 must be a fraction"):
+    report.write_eval_json(tmp_path, 5, "s", TASKS,
+                           baseline=dict(baseline, tasks={"coco_t2i": {"R@1": 2.0}}))
+  with pytest.raises(ValueError, match="baseline seed must be an int"):
+    report.write_eval_json(tmp_path, 5, "s", TASKS, baseline=dict(baseline, seed="x"))
+
+
+def test_quality_metrics_and_headline():
+  m = {"R@1": 0.5, "num_queries": 3, "chance_R@1": 0.1, "by_dim": {}, "encode": {}}
+  assert report.quality_metrics(m) == {"R@1": 0.5}
+  assert report.headline_metric(m) == "R@1"
+  assert report.headline_metric({"accuracy": 0.5}) == "accuracy"

@@ -1,4 +1,5 @@
-"""Input pipelines: mixtures of tasks as train streams, whole splits as retrieval corpora.
+"""Input pipelines: mixtures of tasks as train streams, whole splits as retrieval corpora
+(or zero-shot classification sets).
 
 Owns which records each process reads (a disjoint shard: every ``process_count``-th
 record), seeded shuffling that changes every epoch, batching, the weighted mixture of a
@@ -23,21 +24,33 @@ import numpy as np
 
 from gemb.data import sources
 from gemb.data.examples import BadRecord, ExampleLoader, InputShapes, side_slots
-from gemb.data.tasks import TaskSpec
+from gemb.data.tasks import ClassificationSpec, Segment, TaskSpec
 
 # Records read ahead per process: enough to hide decode latency, small enough that large
 # media do not pile up in memory.
 _MAX_PREFETCH = 512
 
 
+# config.data.custom_tasks[name]["kind"] -> the spec class of the task.
+TASK_KINDS = {"retrieval": TaskSpec, "classification": ClassificationSpec}
+
+
 def task_registry(config):
-  """name -> TaskSpec: the built-in tasks plus ``config.data.custom_tasks``."""
+  """name -> TaskSpec / ClassificationSpec: the built-in tasks plus ``config.data.custom_tasks``
+  (each the spec's fields, plus "kind": "retrieval" (default) or "classification")."""
   tasks = dict(sources.BUILTIN_TASKS)
   for name, spec in (config.data.get("custom_tasks") or {}).items():
     spec = dict(spec)
+    kind = spec.pop("kind", "retrieval")
+    if kind not in TASK_KINDS:
+      raise ValueError(f"data.custom_tasks.{name}.kind={kind!r}; choose one of "
+                       f"{sorted(TASK_KINDS)}")
     fields = spec.pop("fields", None)
     fields = tuple(sorted(dict(fields).items())) if fields else None
-    tasks[name] = TaskSpec(name=name, fields=fields, **spec)
+    try:
+      tasks[name] = TASK_KINDS[kind](name=name, fields=fields, **spec)
+    except TypeError as e:  # an unknown or missing field
+      raise ValueError(f"data.custom_tasks.{name} ({kind}): {e}") from None
   return tasks
 
 
@@ -120,6 +133,10 @@ def train_dataset(config, tokenizer, *, seed, process_index=0, process_count=1):
   if d.mixing not in ("task", "example"):
     raise ValueError(f"data.mixing={d.mixing!r}; choose 'task' or 'example'")
   tasks = get_tasks(config, names)
+  eval_only = [t.name for t in tasks if isinstance(t, ClassificationSpec)]
+  if eval_only:
+    raise ValueError(f"data.tasks: {eval_only} are zero-shot classification tasks, for "
+                     "evaluation only (put them in eval.tasks)")
   local_batch = d.batch_size // process_count
   per_task = [_task_examples(config, t, tokenizer, seed=seed, process_index=process_index,
                              process_count=process_count, task_index=i)
@@ -145,6 +162,19 @@ def train_dataset(config, tokenizer, *, seed, process_index=0, process_count=1):
   return ds
 
 
+def _usable_examples(loader, on_bad_record):
+  """(record index, example) of every record of the loader's source, in order; a bad record
+  raises, or with on_bad_record="skip" is left out."""
+  for index in range(len(loader.source)):
+    try:
+      example = loader.load(index)
+    except BadRecord:
+      if on_bad_record != "skip":
+        raise
+      continue
+    yield index, example
+
+
 def retrieval_corpus(config, task, tokenizer, split=None):
   """A whole split as a retrieval problem: unique queries, unique candidates, relevance.
 
@@ -158,13 +188,7 @@ def retrieval_corpus(config, task, tokenizer, split=None):
   loader = make_loader(config, task, tokenizer, split, np.arange(len(source)), source,
                        train=False)
   queries, candidates, pairs = {}, {}, set()
-  for index in range(len(source)):
-    try:
-      example = loader.load(index)
-    except BadRecord:
-      if config.data.on_bad_record != "skip":
-        raise
-      continue
+  for _, example in _usable_examples(loader, config.data.on_bad_record):
     q, c = int(example["query_id"]), int(example["candidate_id"])
     queries.setdefault(q, example["query"])
     candidates.setdefault(c, example["candidate"])
@@ -177,11 +201,69 @@ def retrieval_corpus(config, task, tokenizer, split=None):
   row = {q: i for i, q in enumerate(query_ids)}
   for q, c in pairs:
     qrels[row[q]][position[c]] = 1
-  stack = lambda sides: {k: np.stack([s[k] for s in sides]) for k in sides[0]}  # noqa: E731
-  return {"queries": stack([queries[q] for q in query_ids]),
-          "candidates": stack([candidates[c] for c in candidate_ids]),
+  return {"queries": _stack([queries[q] for q in query_ids]),
+          "candidates": _stack([candidates[c] for c in candidate_ids]),
           "qrels": qrels, "query_ids": np.asarray(query_ids, np.int32),
           "candidate_ids": np.asarray(candidate_ids, np.int32)}
+
+
+def classification_corpus(config, task, tokenizer, split=None):
+  """A whole split as zero-shot classification: every record a query, every class its prompts.
+
+  Returns {"queries": side [n, ...], "labels": int32 [n] (index into classes), "classes":
+  tuple of the class names, "prompts": text side [num_classes * num_templates, ...], class
+  after class, each class's prompts in template order, "num_templates": int}.
+  """
+  split = split or task.eval_split
+  source = open_split(config, task, split)
+  # The query task's candidate is the label as text: the loader rejects empty labels.
+  loader = make_loader(config, task.query_task(), tokenizer, split, np.arange(len(source)),
+                       source, train=False)
+  queries, names = [], []
+  for index, example in _usable_examples(loader, config.data.on_bad_record):
+    queries.append(example["query"])
+    names.append(_text(source[index][task.label]))
+  if not queries:
+    raise ValueError(f"task {task.name!r} split {split!r} has no usable records")
+  classes = _classes(task, names)
+  position = {c: i for i, c in enumerate(classes)}
+  unknown = sorted(set(names) - set(position))
+  if unknown:
+    raise BadRecord(f"task {task.name!r} split {split!r}: labels {unknown[:5]} in field "
+                    f"{task.label!r} are not among the task's classes {classes}")
+  prompts = []
+  for c in classes:
+    for p in task.prompts(c):
+      try:
+        prompts.append(loader.side({"prompt": p}, None, (Segment("text", "prompt"),), None))
+      except BadRecord as e:
+        raise ValueError(f"task {task.name!r}: prompt {p!r} of class {c!r}: {e}") from None
+  return {"queries": _stack(queries), "labels": np.asarray([position[n] for n in names],
+                                                           np.int32),
+          "classes": classes, "prompts": _stack(prompts), "num_templates": len(task.templates)}
+
+
+def class_names(config, task):
+  """The classes of a classification task, in order (see ClassificationSpec.classes)."""
+  if task.classes:
+    return task.classes
+  source = open_split(config, task, task.eval_split)
+  records = (source[i] for i in range(len(source)))
+  # Records without a label are left to classification_corpus, which names them.
+  return _classes(task, [_text(r[task.label]) for r in records if task.label in r])
+
+
+def _classes(task, labels):
+  return task.classes or tuple(sorted(set(labels)))
+
+
+def _text(value):
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _stack(sides):
+  """A list of equally-shaped sides -> one side with a leading example dim."""
+  return {k: np.stack([s[k] for s in sides]) for k in sides[0]}
 
 
 def tokenizer_corpus(config, names=None):
@@ -191,6 +273,11 @@ def tokenizer_corpus(config, names=None):
   names = names or tuple(config.data.tasks) + tuple(config.eval.tasks)
   texts = []
   for task in get_tasks(config, dict.fromkeys(names)):
+    if isinstance(task, ClassificationSpec):
+      # Eval only: its prompts (the task's definition), never its queries (the eval data).
+      texts.extend([task.instruction] + [p for c in class_names(config, task)
+                                         for p in task.prompts(c)])
+      continue
     fields = [s.field for s in task.query + task.candidate if s.modality == "text"]
     if task.negatives is not None and task.negatives.modality == "text":
       fields.append(task.negatives.field)

@@ -17,6 +17,10 @@ Ids: ``query_id`` / ``candidate_id`` name integer fields; examples whose candida
 an id are false negatives of each other (masked by the loss), and evaluation treats every
 candidate with the query's relevant id as relevant.
 
+Zero-shot classification (``ClassificationSpec``) is evaluation only: each record's query
+is classified by the nearest class embedding, the mean embedding of the class's prompts
+(prompt ensembling, as in CLIP), e.g. "an emoji of {}" filled with the record's label.
+
 Built-in datasets declare their tasks next to their builders (``TASKS`` in each
 gemb/data/builtin/<name>.py); ``BUILTIN_TASKS`` collects them by name.
 """
@@ -83,3 +87,54 @@ class TaskSpec:
     """Modalities used on any side (the model config must include them)."""
     segs = self.query + self.candidate + ((self.negatives,) if self.negatives else ())
     return sorted({s.modality for s in segs} | ({"text"} if self.instruction else set()))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationSpec:
+  """Zero-shot classification over one dataset: each record is a query, each class a prompt set."""
+  name: str                       # unique, e.g. "emoji_group_zero_shot"
+  dataset: str                    # as TaskSpec.dataset
+  query: tuple[Segment, ...]      # segments of a query, in order
+  label: str                      # text field holding the record's class name
+  templates: tuple[str, ...]      # prompts, "{}" = the class name; a class's prompts are averaged
+  # The classes, in order; empty = the distinct labels of the eval split, sorted. A record
+  # whose label is not among explicit classes is a bad record.
+  classes: tuple[str, ...] = ()
+  lowercase: bool = False         # lower-case class names in prompts
+  instruction: str = ""           # prefixed to the query as a leading text segment
+  eval_split: str = "test"
+  description: str = ""
+  fields: tuple | None = None     # as TaskSpec.fields
+
+  def __post_init__(self):
+    object.__setattr__(self, "query", tuple(Segment.parse(s) for s in self.query))
+    object.__setattr__(self, "templates", tuple(self.templates))
+    object.__setattr__(self, "classes", tuple(self.classes))
+    if not self.query:
+      raise ValueError(f"task {self.name!r}: the query needs at least one segment")
+    if not self.templates:
+      raise ValueError(f"task {self.name!r}: a classification task needs prompt templates")
+    for template in self.templates:
+      if not isinstance(template, str) or template.count("{}") != 1:
+        raise ValueError(f"task {self.name!r}: template {template!r} must contain '{{}}' "
+                         "(the class name) exactly once")
+    if len(set(self.classes)) != len(self.classes):
+      raise ValueError(f"task {self.name!r}: classes {self.classes} repeat a name")
+
+  def prompts(self, class_name):
+    """The prompts of one class, one per template."""
+    name = class_name.lower() if self.lowercase else class_name
+    # replace, not str.format: braces inside a class name must stay literal.
+    return [t.replace("{}", name) for t in self.templates]
+
+  def query_task(self):
+    """The query side as a retrieval TaskSpec (candidate: the label text), so the example
+    loader decodes queries and labels exactly as it does for retrieval tasks."""
+    return TaskSpec(name=self.name, dataset=self.dataset, query=self.query,
+                    candidate=(Segment("text", self.label),), query_id=None, candidate_id=None,
+                    instruction=self.instruction, eval_split=self.eval_split,
+                    fields=self.fields)
+
+  def modalities(self):
+    """Modalities used on any side (the prompts are text)."""
+    return sorted({s.modality for s in self.query} | {"text"})

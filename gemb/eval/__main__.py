@@ -2,9 +2,11 @@
 [--dims=64,128] [--batch_size=256].
 
 Restores the params of DIR/checkpoints/<N> (latest by default) onto the config's mesh,
-evaluates every task at every dim, and compares with two baselines: chance and the
+evaluates every task (retrieval and zero-shot classification; built-in or from
+config.data.custom_tasks) at every dim, and compares with two baselines: chance and the
 untrained model (random init with the config's seed). Writes DIR/eval/step_<N>.json (the
-trainer's format), step_<N>.md (tables), step_<N>.png (R@1 vs dim) and TensorBoard scalars
+trainer's format, plus the random-init results under "baseline"), step_<N>.md (tables,
+encode throughput), step_<N>.png (R@1 / accuracy vs dim) and TensorBoard scalars
 eval/<task>/<metric>@<dim>; prints the markdown.
 """
 
@@ -33,24 +35,29 @@ def load_config(workdir):
     return ml_collections.ConfigDict(_tuples(json.load(f)))
 
 
-def _r1_by_dim_table(trained, random_init, dims):
-  head = "| task | " + " | ".join(f"R@1@{d} trained / random" for d in dims) + " | chance R@1 |"
-  lines = [head, "|---|" + "---:|" * (len(dims) + 1)]
+def _by_dim_table(trained, random_init, dims):
+  from gemb.eval.report import headline_metric
+  head = ["task", "metric"] + [f"@{d} trained / random" for d in dims] + ["chance"]
+  lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(dims) + 1)]
   for task in sorted(trained):
-    cells = [f"{trained[task]['by_dim'][str(d)]['R@1']:.4f} / "
-             f"{random_init[task]['by_dim'][str(d)]['R@1']:.4f}" for d in dims]
-    lines.append(f"| {task} | " + " | ".join(cells)
-                 + f" | {trained[task].get('chance_R@1', float('nan')):.4f} |")
+    metric = headline_metric(trained[task])
+    cells = [f"{trained[task]['by_dim'][str(d)][metric]:.4f} / "
+             f"{random_init[task]['by_dim'][str(d)][metric]:.4f}" for d in dims]
+    chance = trained[task].get(f"chance_{metric}", float("nan"))
+    lines.append(f"| {task} | {metric} | " + " | ".join(cells) + f" | {chance:.4f} |")
   return "\n".join(lines) + "\n"
 
 
 def markdown_report(step, seed, dims, trained, random_init):
-  from gemb.eval.report import markdown_table
+  from gemb.eval.report import encode_tables, markdown_table
   return (f"# Eval at step {step}\n\ndims: {', '.join(map(str, dims))} "
           f"(top-level metrics at dim {max(dims)})\n\n"
           f"## Trained (step {step})\n\n{markdown_table(trained)}\n"
           f"## Random init (step 0, seed {seed})\n\n{markdown_table(random_init)}\n"
-          f"## R@1 by dim\n\n{_r1_by_dim_table(trained, random_init, dims)}")
+          f"## R@1 (retrieval) / accuracy (classification) by dim\n\n"
+          f"{_by_dim_table(trained, random_init, dims)}\n"
+          f"## Encode throughput (trained model, items/s, without compilation)\n\n"
+          f"{encode_tables(trained)}")
 
 
 def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
@@ -65,14 +72,15 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
   unknown = [n for n in names if n not in known]
   if unknown:
     raise app.UsageError(f"unknown task(s) {unknown}; known: {sorted(known)}")
-  dims = sorted({int(d) for d in (dims or config.eval.dims)})
-  bad = [d for d in dims if not 0 < d <= config.model.embed_dim]
-  if bad:
-    raise app.UsageError(f"impossible dim(s) {bad}: dims must be in [1, model.embed_dim="
-                         f"{config.model.embed_dim}]")
-  batch_size = int(batch_size or config.eval.batch_size)
-  if batch_size <= 0:
-    raise app.UsageError(f"--batch_size={batch_size} must be > 0")
+  from gemb import parallel
+  from gemb.eval.tasks import check_batch_size, check_dims
+  mesh = parallel.make_mesh(config.mesh)
+  batch_size = config.eval.batch_size if batch_size is None else batch_size
+  try:
+    dims = check_dims(dims or config.eval.dims, config.model.embed_dim)
+    check_batch_size(batch_size, mesh)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   tokenizer_path = os.path.join(workdir, "tokenizer.model")
   if not os.path.exists(tokenizer_path):
     raise app.UsageError(f"--workdir={workdir}: no tokenizer.model")
@@ -80,7 +88,6 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
   if not os.path.isdir(ckpt_dir):
     raise app.UsageError(f"--workdir={workdir}: no checkpoints/ directory")
 
-  from gemb import parallel
   from gemb.data.tokenizer import Tokenizer
   from gemb.eval import report
   from gemb.eval.plot import plot_by_dim
@@ -114,14 +121,16 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
   import jax
   paths = {}
   if jax.process_index() == 0:
-    paths["json"] = report.write_eval_json(workdir, step, stage, trained)
+    paths["json"] = report.write_eval_json(
+        workdir, step, stage, trained,
+        baseline={"model": "random_init", "seed": config.seed, "tasks": random_init})
     base = paths["json"][:-len(".json")]
     markdown = markdown_report(step, config.seed, dims, trained, random_init)
     with open(base + ".md", "w") as f:
       f.write(markdown)
     paths["md"] = base + ".md"
     paths["png"] = plot_by_dim(base + ".png", trained, random_init,
-                               title=f"step {step}: R@1 vs dim (dashed: random init, "
+                               title=f"step {step}: quality vs dim (dashed: random init, "
                                      "dotted: chance)")
     with SummaryWriter(os.path.join(workdir, "tensorboard")) as writer:
       writer.scalars(step, report.eval_scalars(trained))

@@ -1,8 +1,8 @@
 """Ranking metrics for retrieval evaluation, in plain numpy.
 
 This file owns the definitions of every number in an eval report: R@K, NDCG@K, MRR@K,
-(M)AP@K, zero-shot accuracy and the chance level of R@1. Inputs are a ranking and graded
-relevance judgments:
+(M)AP@K, zero-shot (top-k) accuracy and the chance level of R@1. Inputs are a ranking and
+graded relevance judgments (classification: a ranking of classes and a label per example):
 
   ranked: int [Q, K]   the top-K candidate indices of each query, best first (the output of
                        ``gemb.eval.retrieval.top_k``). Entries < 0 are "no candidate" and never
@@ -150,6 +150,38 @@ def zero_shot_accuracy(pred, labels):
   if labels.shape[0] == 0:
     raise ValueError("zero_shot_accuracy of an empty set is undefined (N=0)")
   return float(np.mean(pred == labels))
+
+
+def top_k_accuracy(ranked, labels, k):
+  """Fraction of examples whose label is among the top k ranked classes.
+
+  ranked is int [N, K] class ids best first (the ``top_k`` of examples against class
+  embeddings), labels int [N]; k <= K. k=1 is the zero-shot accuracy of CLIP, k=5 its
+  top-5 accuracy (sklearn.metrics.top_k_accuracy_score on the scores behind the ranking).
+  """
+  ranked, labels = np.asarray(ranked), np.asarray(labels)
+  if ranked.ndim != 2 or not np.issubdtype(ranked.dtype, np.integer):
+    raise ValueError(f"ranked must be int class ids [N, K], got {ranked.dtype} {ranked.shape}")
+  if labels.shape != ranked.shape[:1]:
+    raise ValueError(f"labels must be [N] with N={ranked.shape[0]}, got shape {labels.shape}")
+  if ranked.shape[0] == 0:
+    raise ValueError("top_k_accuracy of an empty set is undefined (N=0)")
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= ranked.shape[1]:
+    raise ValueError(f"k must be an int in [1, {ranked.shape[1]}] (the ranked classes), "
+                     f"got {k!r}")
+  return float(np.mean(np.any(ranked[:, :k] == labels[:, None], axis=1)))
+
+
+def balanced_accuracy(pred, labels):
+  """Mean over the classes present in labels of the fraction of their examples predicted
+  right (recall per class). Unlike accuracy it is not inflated by a majority class: always
+  predicting one class scores 1 / (number of classes present).
+  """
+  pred, labels = np.asarray(pred), np.asarray(labels)
+  if pred.ndim != 1 or pred.shape != labels.shape or pred.size == 0:
+    raise ValueError(f"pred and labels must be non-empty [N], got shapes {pred.shape} and "
+                     f"{labels.shape}")
+  return float(np.mean([np.mean(pred[labels == c] == c) for c in np.unique(labels)]))
 
 
 def chance_recall_at_1(qrels, num_candidates):

@@ -161,6 +161,10 @@ def encode(embed_fn, side, batch_size):
     batch_size: examples per call. The last batch is padded by repeating the last example,
       and the padding rows are dropped from the result.
 
+  The batches depend only on (side, batch_size), so processes holding the same side call
+  embed_fn with the same global batches in the same order: a multi-process embed_fn
+  (gemb.eval.tasks.make_embed_fn) feeds its devices' rows of each and gathers the result.
+
   Returns:
     np.ndarray [n, D].
   """

@@ -8,6 +8,7 @@ that the model cannot produce, and batches that the mesh cannot split.
 """
 
 from gemb.data.pipeline import get_tasks
+from gemb.eval.tasks import check_batch_size
 from gemb.train import curriculum
 
 CHOICES = {
@@ -77,9 +78,10 @@ def validate(config):
 
 
 def check_mesh(stages, mesh):
-  """Every stage's global batch must split evenly over the batch axes of the mesh."""
+  """Every stage's global train and eval batches must split evenly over the batch axes."""
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   for stage in stages:
+    check_batch_size(stage.config.eval.batch_size, mesh)
     batch = stage.config.data.batch_size
     if batch % shards:
       raise ValueError(f"config.stages[{stage.index}] ({stage.name!r}): data.batch_size="

@@ -65,10 +65,10 @@ class Evaluator:
     return {t: self.corpora[t] for t in config.eval.tasks}
 
   def __call__(self, config, step, stage_name, params, *, name=None):
-    """-> (results, score): score = the mean of train.best_metric over the tasks."""
+    """-> (results, score): score = the mean of train.best_metric over the retrieval tasks."""
     results = evaluate_dims(self.graphdef, params, self.mesh, self.corpora_for(config),
                             config.eval.dims, config.eval.batch_size)
-    score = float(np.mean([m[config.train.best_metric] for m in results.values()]))
+    score = float(np.mean(report.metric_values(results, config.train.best_metric)))
     if name is None:
       self.writer.scalars(step, report.eval_scalars(results) | {"eval/score": score})
     if jax.process_index() == 0:

@@ -104,7 +104,8 @@ def best_checkpoint(workdir, kept_steps, config):
     tasks = record["tasks"]
     if record["step"] not in kept_steps or not set(config.eval.tasks) <= set(tasks):
       continue
-    score = np.mean([tasks[t][config.train.best_metric] for t in config.eval.tasks])
+    score = np.mean(report.metric_values({t: tasks[t] for t in config.eval.tasks},
+                                  config.train.best_metric))
     if best is None or score > best[0]:
       best = (score, record["step"], tasks)
   return (None, None) if best is None else best[1:]
@@ -123,9 +124,10 @@ def soup_and_compare(config, stages, ckpt, params_like, evaluator, workdir):
   lines = [f"# Soup of steps {steps} vs best checkpoint (step {best_step}), {metric}", "",
            f"| task | best (step {best_step}) | soup | soup - best |", "|---|---:|---:|---:|"]
   for task in final.config.eval.tasks:
-    b, s = best[task][metric], soup_results[task][metric]
-    lines.append(f"| {task} | {b:.4f} | {s:.4f} | {s - b:+.4f} |")
-  best_score = np.mean([best[t][metric] for t in final.config.eval.tasks])
+    key = metric if metric in best[task] else "accuracy"  # zero-shot classification tasks
+    b, s = best[task][key], soup_results[task][key]
+    lines.append(f"| {task} ({key}) | {b:.4f} | {s:.4f} | {s - b:+.4f} |")
+  best_score = np.mean(report.metric_values({t: best[t] for t in final.config.eval.tasks}, metric))
   lines.append(f"| **mean** | {best_score:.4f} | {soup_score:.4f} | "
                f"{soup_score - best_score:+.4f} |")
   text = "\n".join(lines) + "\n"

@@ -26,7 +26,10 @@ Configs: "full" (default) holds every fully-qualified emoji; "small" holds the f
 families), for fast tests. Full build: train 11,624 (2,906 emoji x 4), validation 231,
 test 518 records (~35 s). Small build: train 732, validation 40, test 34 (~5 s).
 
-Tasks (`TASKS`): emoji_image_to_name (image -> its name) and emoji_name_to_image.
+Tasks (`TASKS`): emoji_image_to_name (image -> its name), emoji_name_to_image, and
+emoji_group_zero_shot (eval only: classify a test image into its Unicode group from prompts
+of the 9 group names; the full test split holds all 9, 284 of its 518 images are
+"People & Body").
 """
 import dataclasses
 import functools
@@ -39,7 +42,7 @@ from PIL import Image, ImageDraw, ImageFont
 import tensorflow_datasets as tfds
 
 from gemb.data.builtin import base
-from gemb.data.tasks import TaskSpec
+from gemb.data.tasks import ClassificationSpec, TaskSpec
 
 FONT_PATH = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 EMOJI_TEST_PATH = "/usr/share/unicode/emoji/emoji-test.txt"
@@ -321,4 +324,13 @@ TASKS = (
              candidate=("image:image",), query_id="item_id", candidate_id="item_id",
              instruction=_INSTRUCTION,
              description="CLDR name -> the emoji's image."),
+    # The retrieval instruction on purpose: classifying is retrieving the nearest class
+    # prompt, and it is the instruction the model saw with emoji images in training.
+    # Lower-cased names: the CLDR names the model learns from are lower-case.
+    ClassificationSpec(name="emoji_group_zero_shot", dataset="emoji", query=("image:image",),
+                       label="group", lowercase=True, instruction=_INSTRUCTION,
+                       templates=("{}", "an emoji of {}", "{} emoji",
+                                  "an emoji from the group {}"),
+                       description="Zero-shot: emoji image -> its Unicode group (Smileys & "
+                                   "Emotion, Flags, ...) by prompts of the group names."),
 )
