@@ -5,7 +5,6 @@ import grain
 import jax
 import numpy as np
 import pytest
-from ml_collections import config_dict
 
 from configs import tiny
 from configs.common import model_config
