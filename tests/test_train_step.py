@@ -93,19 +93,20 @@ def test_no_recompile_after_first_step():
   assert step._cache_size() == 1
 
 
-def test_nonfinite_step_is_skipped_and_counted(single_device_run):
+def test_nonfinite_step_is_skipped_and_counted():
   config = small_config()
+  config.model.dropout = 0.0  # dropout keys follow the step counter, which NaN steps advance
   mesh = parallel.make_mesh(dict(data=2, fsdp=2, tensor=2))
   good = batches(3)
   poisoned = dict(good[1], query=dict(good[1]["query"]))
   poisoned["query"]["image"] = np.full_like(good[1]["query"]["image"], np.nan)
   # good, NaN, NaN, good, good: the NaN steps change nothing (params, Adam, schedule count).
   state, _, _, losses = run_steps(config, mesh, [good[0], poisoned, poisoned, good[1], good[2]])
+  ref_state, _, _, ref_losses = run_steps(config, mesh, good)
   assert np.isnan(losses[1]) and np.isnan(losses[2])
-  ref_state, _, _, ref_losses = single_device_run
-  np.testing.assert_allclose([losses[0], losses[3], losses[4]], ref_losses, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
-                                                       atol=1e-6),
+  np.testing.assert_allclose([losses[0], losses[3], losses[4]], ref_losses, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6,
+                                                       atol=1e-7),
                state["params"], ref_state["params"])
   assert int(state["nonfinite_steps"]) == 2 and int(state["nonfinite_streak"]) == 0
   assert int(state["step"]) == 5
