@@ -26,7 +26,7 @@ from gemb.data.tasks import ClassificationSpec
 from gemb.eval import report
 from gemb.eval.classification import class_embeddings, classification_metrics
 from gemb.eval.retrieval import encode, retrieval_metrics
-from gemb.model.batch import MODALITIES
+from gemb.batch import MODALITIES
 from gemb.model.embedder_model import matryoshka
 
 
