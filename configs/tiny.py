@@ -8,7 +8,7 @@ Used by the tests and as the quickest end-to-end check:
 import ml_collections
 from ml_collections import config_dict
 
-from configs.common import model_config
+from configs.common import distributed_config, model_config
 
 
 def get_config(arg=None):
@@ -16,6 +16,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1 = all remaining devices
+  c.distributed = distributed_config()
 
   vocab = config_dict.FieldReference(1024)
   c.model = model_config(width=128, depth=2, heads=4, mlp_dim=512, embed_dim=128,

@@ -135,5 +135,13 @@ def host_to_global(tree, mesh):
       lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(x)), x), tree)
 
 
+def whole_to_global(tree, mesh):
+  """Numpy batch that EVERY process holds whole -> global jax.Arrays sharded over the batch
+  axes (each process hands over the rows its devices hold; evals read whole corpora)."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(np.shape(x), batch_sharding(mesh, np.ndim(x)),
+                                             lambda index: x[index]), tree)
+
+
 def replicated(mesh):
   return NamedSharding(mesh, P())

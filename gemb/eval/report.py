@@ -20,6 +20,8 @@ import numbers
 import os
 import tempfile
 
+from gemb import paths
+
 # Column order of markdown_table; metrics outside this list follow, sorted by name.
 _COLUMNS = ("R@1", "R@5", "R@10", "NDCG@10", "MRR@10", "chance_R@1", "num_queries",
             "num_candidates")
@@ -69,7 +71,7 @@ def write_eval_json(workdir, step, stage, tasks):
   """Writes the results of one evaluation to <workdir>/eval/step_<step>.json atomically.
 
   Args:
-    workdir: the run's working directory (local path).
+    workdir: the run's working directory (local path or gs:// URL).
     step: the training step evaluated (int >= 0).
     stage: the curriculum stage name at that step.
     tasks: {task name: {metric name: value}}, as returned by retrieval_metrics.
@@ -82,6 +84,10 @@ def write_eval_json(workdir, step, stage, tasks):
   if not isinstance(stage, str):
     raise ValueError(f"stage must be a string, got {stage!r}")
   record = {"step": int(step), "stage": stage, "tasks": _clean_tasks(tasks)}
+  if paths.is_url(workdir):  # an object store writes whole objects: atomic already
+    path = paths.Path(workdir) / "eval" / f"step_{int(step)}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return str(path)
   path = eval_json_path(workdir, step)
   directory = os.path.dirname(path)
   os.makedirs(directory, exist_ok=True)

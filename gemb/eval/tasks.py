@@ -29,7 +29,7 @@ def make_embed_fn(graphdef, params, mesh, dim):
   """numpy side batch -> numpy unit-norm embeddings at Matryoshka ``dim``."""
   def run(side):
     with jax.set_mesh(mesh):
-      out = _embed(params, parallel.host_to_global(side, mesh), graphdef=graphdef, dim=dim)
+      out = _embed(params, parallel.whole_to_global(side, mesh), graphdef=graphdef, dim=dim)
     return np.asarray(multihost_utils.process_allgather(out, tiled=True))
   return run
 

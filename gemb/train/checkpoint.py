@@ -2,17 +2,27 @@
 
 A checkpoint ``<workdir>/checkpoints/<step>/`` holds three items: ``state`` (params +
 optimizer state + step, restored directly onto the current mesh's shardings), ``data``
-(the grain iterator position, so a resumed run sees exactly the batches it would have
-seen) and ``meta`` (JSON: stage, examples seen, ...). Saves are asynchronous; a save
+(the grain iterator position as JSON, so a resumed run sees exactly the batches it would
+have seen) and ``meta`` (JSON: stage, examples seen, ...). Saves are asynchronous; a save
 interrupted mid-way leaves only a ``*.orbax-checkpoint-tmp`` directory, which orbax
 ignores on restore and we delete at start-up.
+
+With several jax processes every one of them calls save/restore (orbax coordinates them
+and writes each array shard once). The iterator position counts global batches and is the
+same in every process (gemb/data/pipeline.py), so it is one JSON item, checked equal across
+processes at save, rather than grain's per-process files: a checkpoint written by N
+processes restores under any other process count.
 """
 
-import os
+import hashlib
+import json
 
-import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
+from gemb import paths
 from gemb.train.state import abstract_state
 
 
@@ -20,7 +30,7 @@ class Checkpointer:
   """Thin policy layer over ocp.CheckpointManager (which paths, what to keep, what to save)."""
 
   def __init__(self, workdir, *, keep=3, async_save=True):
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")  # orbax needs absolute
+    directory = paths.Path(workdir) / "checkpoints"  # absolute: orbax needs it
     self.manager = ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(
@@ -33,9 +43,15 @@ class Checkpointer:
 
   def save(self, step, state, data_iterator, meta, *, force=False):
     """Starts an (async) save; returns whether one was started."""
+    data_state = data_iterator.get_state()
+    if jax.process_count() > 1:
+      digest = hashlib.sha256(json.dumps(data_state, sort_keys=True).encode()).digest()
+      multihost_utils.assert_equal(np.frombuffer(digest, np.uint8),
+                                   f"data iterator positions differ across processes at step "
+                                   f"{step}: the processes did not read the same global batches")
     return self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator),
+        data=ocp.args.JsonSave(data_state),
         meta=ocp.args.JsonSave(meta)), force=force)
 
   def restore(self, step, state_like, data_iterator):
@@ -45,8 +61,9 @@ class Checkpointer:
     """
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state(state_like)),
-        data=grain.checkpoint.CheckpointRestore(data_iterator),
+        data=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
+    data_iterator.set_state(restored["data"])
     return restored["state"], restored["meta"]
 
   def restore_params(self, step, state_like):

@@ -4,14 +4,16 @@ Read top to bottom, it is one run. Rerunning with the same workdir resumes from 
 checkpoint, data iterator included, so the continued run sees the batches it would have.
 """
 
-import os
 import time
+
+import hashlib
 
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
-from gemb import parallel
+from gemb import parallel, paths
 from gemb.data.pipeline import tokenizer_corpus, train_dataset
 from gemb.data.tokenizer import Tokenizer
 from gemb.eval import report
@@ -23,14 +25,26 @@ from gemb.train.summary import SummaryWriter
 
 
 def load_or_train_tokenizer(config, workdir):
-  """The run's sentencepiece model lives in the workdir, so evals and exports reuse it."""
-  path = os.path.join(workdir, "tokenizer.model")
-  if os.path.exists(path):
-    tok = Tokenizer.load(path)
+  """The run's sentencepiece model lives in the workdir, so evals and exports reuse it.
+
+  Every process trains the same model (deterministic training on the same texts) and
+  process 0 saves it; the barrier keeps a process from reading a half-written file, and
+  the digest check proves all processes tokenize alike (it fails if the workdir is not
+  shared, e.g. a stale tokenizer.model on one host only).
+  """
+  path = paths.Path(workdir) / "tokenizer.model"
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("gemb: before reading tokenizer.model")
+  if path.exists():
+    tok = Tokenizer(path.read_bytes())
   else:
     tok = Tokenizer.train(tokenizer_corpus(config), config.data.vocab_size)
     if jax.process_index() == 0:
-      tok.save(path)
+      path.write_bytes(tok.model_proto)
+  if jax.process_count() > 1:
+    digest = np.frombuffer(hashlib.sha256(tok.model_proto).digest(), np.uint8)
+    multihost_utils.assert_equal(digest, f"processes have different tokenizers ({path}): "
+                                 "is the workdir shared by all hosts?")
   if tok.vocab_size > config.model.text.vocab_size:
     raise ValueError(f"tokenizer has {tok.vocab_size} pieces > model.text.vocab_size="
                      f"{config.model.text.vocab_size}")
@@ -49,8 +63,8 @@ def run_eval(config, workdir, step, graphdef, params, mesh, tasks, writer):
 
 
 def train_and_evaluate(config, workdir):
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.absolute(workdir)  # local: absolute (orbax); gs://...: unchanged
+  paths.Path(workdir).mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
   total_steps = config.train.steps
 
@@ -60,9 +74,8 @@ def train_and_evaluate(config, workdir):
                jax.process_count())
   tokenizer = load_or_train_tokenizer(config, workdir)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_main)
+    (paths.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+  writer = SummaryWriter(str(paths.Path(workdir) / "tensorboard"), enabled=is_main)
   writer.text(0, "config", config.to_json_best_effort(indent=2))
 
   # ---- Input pipeline: this process's shard of every global batch.

@@ -1,0 +1,150 @@
+"""Real multi-process training: jax.distributed on 127.0.0.1, processes x CPU devices.
+
+Two processes x 2 devices must train exactly like one process x 4 devices (same global
+batches, disjoint per-process blocks), checkpoints must move between process counts, and a
+killed process must stop its peer quickly with a message naming it.
+"""
+
+import io
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from etils import epath
+
+from configs import tiny
+from gemb.data import pipeline, sources
+from gemb.data.tokenizer import Tokenizer
+from launch import local
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Checkpoints at HALF and STEPS; every run plans STEPS steps, so the learning-rate schedule
+# is the same whether a run starts fresh or resumes.
+STEPS, HALF, BATCH = 4, 2, 16
+
+
+@pytest.fixture(scope="module")
+def data_dir(emoji_data_dir):
+  sources.prepared_builder("emoji", emoji_data_dir, "small")
+  return emoji_data_dir
+
+
+def main_args(workdir, data_dir, *extra):
+  return [
+      "--config=configs/tiny.py", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+      "--config.data.builtin_config=small", f"--config.data.batch_size={BATCH}",
+      f"--config.train.steps={STEPS}", f"--config.train.checkpoint_every={HALF}",
+      "--config.train.log_every=1", "--config.optimizer.warmup_steps=1",
+      "--config.eval.dims=(128,)", "--config.distributed.heartbeat_timeout_s=10",
+      "--config.distributed.shutdown_timeout_s=10",
+      "--config.distributed.initialization_timeout_s=60", *extra]
+
+
+def child_env():
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)  # launch/local.py sets each process's device count
+  return env
+
+
+def train(workdir, data_dir, *, processes, devices, evaluate=False):
+  """Runs gemb.main through launch/local.py; returns its combined, prefixed log."""
+  out = io.StringIO()
+  extra = ["--config.eval.tasks=('emoji_image_to_name',)" if evaluate else
+           "--config.eval.tasks=()"]
+  status = local.run(main_args(workdir, data_dir, *extra), num_processes=processes,
+                     devices_per_process=devices, env=child_env(), out=out)
+  log = out.getvalue()
+  assert status == 0, log[-5000:]
+  return log
+
+
+def read_state(workdir, step):
+  """A checkpoint's train state as numpy arrays (read back independently of gemb)."""
+  path = epath.Path(workdir) / "checkpoints" / str(step) / "state"
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+
+
+def read_data_position(workdir, step):
+  with open(os.path.join(workdir, "checkpoints", str(step), "data", "metadata")) as f:
+    return json.load(f)
+
+
+def max_param_diff(a, b):
+  flat_a, flat_b = (jax.tree_util.tree_leaves_with_path(x["params"]) for x in (a, b))
+  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+  return max(float(np.max(np.abs(x - y))) for (_, x), (_, y) in zip(flat_a, flat_b))
+
+
+@pytest.fixture(scope="module")
+def fresh_runs(data_dir, tmp_path_factory):
+  """The same STEPS-step run from scratch with 2 processes x 2 devices and 1 x 4."""
+  root = tmp_path_factory.mktemp("fresh")
+  two, one = str(root / "two"), str(root / "one")
+  log = train(two, data_dir, processes=2, devices=2, evaluate=True)
+  train(one, data_dir, processes=1, devices=4)
+  return two, one, log
+
+
+def test_two_processes_train_like_one_on_disjoint_blocks(fresh_runs, data_dir):
+  two, one, log = fresh_runs
+  # Both processes ran, each on 2 of the 4 devices; process 0 wrote the files, eval included.
+  assert "[p0]" in log and "[p1]" in log and "all processes finished" in log
+  assert "process 1 of 2, 2 of 4 devices local" in log
+  with open(os.path.join(two, "eval", f"step_{STEPS}.json")) as f:
+    assert json.load(f)["tasks"]["emoji_image_to_name"]["num_queries"] > 10
+
+  # Same global batches -> same parameters, and the same data position, at every checkpoint.
+  for step in (HALF, STEPS):
+    assert int(read_state(two, step)["step"]) == step
+    assert max_param_diff(read_state(two, step), read_state(one, step)) <= 1e-5
+    assert read_data_position(two, step) == read_data_position(one, step)
+  # ...and they did train: the parameters moved between the checkpoints.
+  assert max_param_diff(read_state(one, HALF), read_state(one, STEPS)) > 1e-3
+
+  # What each process read: disjoint blocks that make up the single-process batches.
+  config = tiny.get_config()
+  config.data.data_dir, config.data.builtin_config = data_dir, "small"
+  config.data.batch_size = BATCH
+  with open(os.path.join(two, "tokenizer.model"), "rb") as f:
+    tok = Tokenizer(f.read())
+  with open(os.path.join(one, "tokenizer.model"), "rb") as f:
+    assert f.read() == tok.model_proto
+  single = iter(pipeline.train_dataset(config, tok, seed=config.seed))
+  procs = [iter(pipeline.train_dataset(config, tok, seed=config.seed, process_index=p,
+                                       process_count=2)) for p in range(2)]
+  for _ in range(STEPS):
+    whole, parts = next(single), [next(it) for it in procs]
+    blocks = [set(p["query_id"].tolist()) for p in parts]
+    assert len(blocks[0]) == len(blocks[1]) == BATCH // 2 and not blocks[0] & blocks[1]
+    np.testing.assert_array_equal(np.concatenate([p["query_id"] for p in parts]),
+                                  whole["query_id"])
+
+
+def resume_copy(workdir, destination):
+  """A copy of ``workdir`` that has only its step-HALF checkpoint."""
+  shutil.copytree(workdir, destination)
+  shutil.rmtree(os.path.join(destination, "checkpoints", str(STEPS)))
+  shutil.rmtree(os.path.join(destination, "eval"), ignore_errors=True)
+  return str(destination)
+
+
+def test_checkpoints_move_between_process_counts(fresh_runs, data_dir, tmp_path):
+  two, one, _ = fresh_runs
+  reference = read_state(one, STEPS)  # = read_state(two, STEPS), by the test above
+  # Written by 2 processes, resumed by 1.
+  two_to_one = resume_copy(two, tmp_path / "two_to_one")
+  log = train(two_to_one, data_dir, processes=1, devices=4)
+  assert f"resumed from step {HALF}" in log
+  assert max_param_diff(read_state(two_to_one, STEPS), reference) <= 1e-5
+  # Written by 1 process, resumed by 2.
+  one_to_two = resume_copy(one, tmp_path / "one_to_two")
+  log = train(one_to_two, data_dir, processes=2, devices=2)
+  assert log.count(f"resumed from step {HALF}") == 2
+  assert max_param_diff(read_state(one_to_two, STEPS), reference) <= 1e-5
