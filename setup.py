@@ -17,5 +17,9 @@ setup(
     packages=find_packages(include=["gemb", "gemb.*"]),
     python_requires=">=3.11",
     install_requires=requirements,
-    extras_require={"test": ["pytest==9.2.0", "scikit-video==1.1.11"]},
+    extras_require={
+        "test": ["pytest==9.2.0", "scikit-video==1.1.11"],
+        "tpu": ["jax[tpu]==0.10.2"],  # libtpu for TPU VMs (launch/tpu_vm.py installs it)
+        "gcp": ["gcsfs==2026.10.1"],  # gs:// workdirs for the files gemb writes itself
+    },
 )

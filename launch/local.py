@@ -86,7 +86,7 @@ def run(args, *, num_processes, devices_per_process, module="gemb.main", port=0,
       f"{coordinator}: python -m {module} {' '.join(args)}")
   status = 0
   try:
-    while any(p.poll() is None for p in procs):
+    while [p.poll() for p in procs].count(None):  # poll every process, every time
       failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode not in (None, 0)]
       if failed:
         i, status = failed[0]

@@ -8,7 +8,12 @@ killed process must stop its peer quickly with a message naming it.
 import io
 import json
 import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -33,11 +38,11 @@ def data_dir(emoji_data_dir):
   return emoji_data_dir
 
 
-def main_args(workdir, data_dir, *extra):
+def main_args(workdir, data_dir, *extra, steps=STEPS):
   return [
       "--config=configs/tiny.py", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
       "--config.data.builtin_config=small", f"--config.data.batch_size={BATCH}",
-      f"--config.train.steps={STEPS}", f"--config.train.checkpoint_every={HALF}",
+      f"--config.train.steps={steps}", f"--config.train.checkpoint_every={HALF}",
       "--config.train.log_every=1", "--config.optimizer.warmup_steps=1",
       "--config.eval.dims=(128,)", "--config.distributed.heartbeat_timeout_s=10",
       "--config.distributed.shutdown_timeout_s=10",
@@ -148,3 +153,50 @@ def test_checkpoints_move_between_process_counts(fresh_runs, data_dir, tmp_path)
   log = train(one_to_two, data_dir, processes=2, devices=2)
   assert log.count(f"resumed from step {HALF}") == 2
   assert max_param_diff(read_state(one_to_two, STEPS), reference) <= 1e-5
+
+
+def wait_for(predicate, timeout_s, what):
+  deadline = time.time() + timeout_s
+  while not predicate():
+    if time.time() > deadline:
+      raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    time.sleep(0.2)
+
+
+@pytest.mark.parametrize("victim", [1, pytest.param(0, marks=pytest.mark.slow)])
+def test_killing_a_process_stops_its_peer_fast_with_the_dead_peer_named(tmp_path, data_dir,
+                                                                        victim):
+  """Processes started by hand (not launch/local.py, which would stop the peer itself)."""
+  coordinator = f"127.0.0.1:{local.free_port()}"
+  args = main_args(str(tmp_path / "run"), data_dir, "--config.eval.tasks=()", steps=100_000)
+  logs = [tmp_path / f"p{i}.log" for i in range(2)]
+  procs = []
+  for i in range(2):
+    with open(logs[i], "w") as f:
+      procs.append(subprocess.Popen(
+          [sys.executable, "-m", "gemb.main", *args], cwd=ROOT, stdout=f,
+          stderr=subprocess.STDOUT,
+          env=local.process_env(child_env(), process_id=i, num_processes=2,
+                                coordinator=coordinator, devices_per_process=2)))
+  try:
+    wait_for(lambda: all(re.search(r"step 3/", p.read_text()) for p in logs) or
+             any(p.poll() is not None for p in procs), 600, "both processes to train")
+    assert all(p.poll() is None for p in procs), "\n".join(p.read_text()[-3000:] for p in logs)
+    procs[victim].send_signal(signal.SIGKILL)
+    survivor = procs[1 - victim]
+    start = time.time()
+    wait_for(lambda: survivor.poll() is not None, 30, "the surviving process to exit")
+    log = logs[1 - victim].read_text()
+    assert survivor.returncode != 0, log[-3000:]
+    print(f"survivor exited {survivor.returncode} after {time.time() - start:.1f}s")
+    if victim == 1:  # the survivor runs the coordination service and probes its peers
+      assert re.search(r"dead peer: process 1 at 127\.0\.0\.1:\d+ \(of 2 processes\)", log), \
+          log[-3000:]
+    else:  # losing the coordinator aborts jax at once; gemb's line races that abort
+      assert re.search(r"dead peer: process 0 \(the coordinator\)|coordination.?service",
+                       log, re.I), log[-3000:]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
