@@ -13,11 +13,13 @@ run is multi-process, decided in this order:
 
 Failures: a dead process makes the others' next collective fail at once (gloo / ICI), and
 the coordination service notices its missing heartbeats within ``heartbeat_timeout_s`` and
-aborts every process ("Task <i> heartbeat timeout"). To name the dead peer without waiting
-for that, every process keeps a listening "liveness" socket whose address it publishes at
-start-up; on an error, ``stop_all_on_failure`` probes the peers' sockets (a dead process's
-port refuses connections), logs which processes are dead, and exits at once instead of
-waiting for the others at jax's shutdown barrier: a failing job stops within seconds.
+aborts every process (SIGABRT) with "unhealthy tasks (stopped sending heartbeats): <i>" /
+"Task <i> heartbeat timeout". To name the dead peer in gemb's own words, every process keeps
+a listening "liveness" socket whose address it publishes at start-up; when an exception
+reaches ``stop_all_on_failure`` (the failed collective), it probes the peers' sockets (a
+dead process's port refuses connections), logs "dead peer: process <i> at <host:port>", and
+exits at once instead of waiting for the others at jax's shutdown barrier. Whichever of the
+two comes first stops the process; both name the dead one, and no process hangs.
 """
 
 import concurrent.futures

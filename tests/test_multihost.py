@@ -22,6 +22,8 @@ import pytest
 from etils import epath
 
 from configs import tiny
+from configs.common import distributed_config
+from gemb import distributed
 from gemb.data import pipeline, sources
 from gemb.data.tokenizer import Tokenizer
 from launch import local
@@ -113,10 +115,16 @@ def test_two_processes_train_like_one_on_disjoint_blocks(fresh_runs, data_dir):
   # ...and they did train: the parameters moved between the checkpoints.
   assert max_param_diff(read_state(one, HALF), read_state(one, STEPS)) > 1e-3
 
-  # What each process read: disjoint blocks that make up the single-process batches.
+  # What each process read: disjoint blocks of records that make up the single-process
+  # batches (record positions from the pipeline's own ordering), and the same examples.
   config = tiny.get_config()
   config.data.data_dir, config.data.builtin_config = data_dir, "small"
   config.data.batch_size = BATCH
+  [task] = pipeline.get_tasks(config, config.data.tasks)
+  order = pipeline.record_order(len(pipeline.open_split(config, task, task.train_split)),
+                                config.seed)
+  whole_records = pipeline.process_block(order, BATCH, 0, 1)
+  block_records = [pipeline.process_block(order, BATCH // 2, p, 2) for p in range(2)]
   with open(os.path.join(two, "tokenizer.model"), "rb") as f:
     tok = Tokenizer(f.read())
   with open(os.path.join(one, "tokenizer.model"), "rb") as f:
@@ -124,12 +132,13 @@ def test_two_processes_train_like_one_on_disjoint_blocks(fresh_runs, data_dir):
   single = iter(pipeline.train_dataset(config, tok, seed=config.seed))
   procs = [iter(pipeline.train_dataset(config, tok, seed=config.seed, process_index=p,
                                        process_count=2)) for p in range(2)]
-  for _ in range(STEPS):
+  for step in range(STEPS):
+    mine = [set(b[step].tolist()) for b in block_records]
+    assert len(mine[0]) == len(mine[1]) == BATCH // 2 and not mine[0] & mine[1]
+    assert mine[0] | mine[1] == set(whole_records[step].tolist())
     whole, parts = next(single), [next(it) for it in procs]
-    blocks = [set(p["query_id"].tolist()) for p in parts]
-    assert len(blocks[0]) == len(blocks[1]) == BATCH // 2 and not blocks[0] & blocks[1]
-    np.testing.assert_array_equal(np.concatenate([p["query_id"] for p in parts]),
-                                  whole["query_id"])
+    for key in ("query_id", "candidate_id"):
+      np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
 
 
 def resume_copy(workdir, destination):
@@ -189,14 +198,43 @@ def test_killing_a_process_stops_its_peer_fast_with_the_dead_peer_named(tmp_path
     log = logs[1 - victim].read_text()
     assert survivor.returncode != 0, log[-3000:]
     print(f"survivor exited {survivor.returncode} after {time.time() - start:.1f}s")
-    if victim == 1:  # the survivor runs the coordination service and probes its peers
-      assert re.search(r"dead peer: process 1 at 127\.0\.0\.1:\d+ \(of 2 processes\)", log), \
-          log[-3000:]
-    else:  # losing the coordinator aborts jax at once; gemb's line races that abort
-      assert re.search(r"dead peer: process 0 \(the coordinator\)|coordination.?service",
-                       log, re.I), log[-3000:]
+    # The dead peer is named by gemb's probe when the survivor's main thread meets the failed
+    # collective first, or by jax's coordination service when its heartbeat check aborts
+    # the survivor first (both race; each names the process).
+    named = (rf"dead peer: process {victim}( \(the coordinator\))? at 127\.0\.0\.1:\d+ "
+             rf"\(of 2 processes\)")
+    if victim == 1:  # the survivor hosts the coordination service
+      named += r"|unhealthy \(stopped sending heartbeats\):\s*1\b|Task 1 heartbeat timeout"
+    else:  # the coordination service died with process 0
+      named += r"|remote target coordination_service"
+    assert re.search(named, log), log[-3000:]
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
         p.wait()
+
+
+def test_initialize_reads_config_then_environment_and_names_what_is_missing(monkeypatch):
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setattr(distributed, "cluster_detected", lambda: False)
+  cfg = distributed_config()
+  assert distributed.initialize(cfg) is False  # nothing set, no cluster: one process
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1")
+  monkeypatch.setenv("JAX_PROCESS_ID", "1")
+  with pytest.raises(ValueError, match=r"num_processes \(or JAX_NUM_PROCESSES\)$"):
+    distributed.initialize(cfg)
+  cfg.num_processes = 2
+  cfg.process_id = 2  # the config wins over JAX_PROCESS_ID=1
+  with pytest.raises(ValueError, match=r"process_id=2 is not in \[0, 2\)"):
+    distributed.initialize(cfg)
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+  cfg.num_processes = -1
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two' is not an integer"):
+    distributed.initialize(cfg)
+  cfg.initialize = "never"
+  assert distributed.initialize(cfg) is False
+  cfg.initialize = "sometimes"
+  with pytest.raises(ValueError, match="auto"):
+    distributed.initialize(cfg)
