@@ -4,6 +4,7 @@ import io
 import json
 import os
 import shlex
+import subprocess
 import sys
 import textwrap
 import time
@@ -54,7 +55,6 @@ def test_local_launcher_prefixes_logs_and_stops_all_when_one_fails(probe_env):
 
 def test_local_launcher_cli_reports_success(probe_env, tmp_path):
   (tmp_path / "ok_probe.py").write_text("import os; print('ok', os.environ['JAX_PROCESS_ID'])")
-  import subprocess  # pylint: disable=g-import-not-at-top
   out = subprocess.run([sys.executable, local.__file__, "--num_processes=2", "--module=ok_probe",
                         "--", "--flag"], env=probe_env, capture_output=True, text=True,
                        timeout=60)
