@@ -21,5 +21,7 @@ setup(
         "test": ["pytest==9.2.0", "scikit-video==1.1.11"],
         # TensorFlow SavedModel export of serving bundles (python -m gemb.export).
         "serving": ["tensorflow-cpu==2.21.0"],
+        "tpu": ["jax[tpu]==0.10.2"],  # libtpu for TPU VMs (launch/tpu_vm.py installs it)
+        "gcp": ["gcsfs==2026.10.1"],  # gs:// workdirs for the files gemb writes itself
     },
 )

@@ -23,6 +23,25 @@ def model_config(*, width, depth, heads, mlp_dim, embed_dim, vocab_size, text_le
   ))
 
 
+def distributed_config(*, heartbeat_timeout_s=100, shutdown_timeout_s=300,
+                       initialization_timeout_s=300):
+  """How the processes of a multi-host run find each other (gemb/distributed.py).
+
+  Empty / -1 fields come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID,
+  or from the cluster (TPU VM pod slices detect all three).
+  """
+  return ml_collections.ConfigDict(dict(
+      initialize="auto",         # auto: when a coordinator or a cluster is found | always | never
+      coordinator_address="",    # "host:port" of process 0
+      num_processes=-1, process_id=-1,
+      # A process silent this long is declared dead and the job stops (jax's default, 100 s,
+      # rides out long compiles and GC pauses on big hosts).
+      heartbeat_timeout_s=heartbeat_timeout_s,
+      shutdown_timeout_s=shutdown_timeout_s,          # wait for the others at exit
+      initialization_timeout_s=initialization_timeout_s,  # wait for every host to start
+  ))
+
+
 def stage(name, steps, *, freeze="", **sections):
   """One curriculum stage (gemb/train/curriculum.py): ``data`` / ``loss`` / ``optimizer`` /
   ``eval`` dicts override the config's top-level sections for this stage only."""

@@ -10,7 +10,7 @@ tests and as the quickest end-to-end check:
 import ml_collections
 from ml_collections import config_dict
 
-from configs.common import model_config, stage
+from configs.common import distributed_config, model_config, stage
 
 
 def get_config(arg=None):
@@ -18,6 +18,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1 = all remaining devices
+  c.distributed = distributed_config()
 
   vocab = config_dict.FieldReference(1024)
   c.model = model_config(width=128, depth=2, heads=4, mlp_dim=512, embed_dim=128,

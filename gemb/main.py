@@ -28,10 +28,13 @@ class _QuietLibraries(py_logging.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from gemb import distributed  # pylint: disable=g-import-not-at-top
   from gemb.train.loop import train_and_evaluate  # after absl parsed flags (grain workers)
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  distributed.initialize(_CONFIG.value.distributed)  # before anything touches devices
+  with distributed.stop_all_on_failure():
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

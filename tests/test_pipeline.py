@@ -190,19 +190,30 @@ def test_mixture_iterator_resumes_exactly(memory_sources, tokenizer, workers):
     _assert_same(next(resumed), e)
 
 
-def test_processes_read_disjoint_shards_that_cover_the_split(memory_sources, tokenizer):
-  n = len(memory_sources)
-  shards = [pipeline.shard(n, p, 2) for p in range(2)]
-  assert not set(shards[0]) & set(shards[1])
-  assert sorted(np.concatenate(shards)) == list(range(n))
-  c = config(tasks=(TEXT_TASK.name,), batch_size=4)
-  seen = []
-  for p in range(2):
-    it = iter(pipeline.train_dataset(c, tokenizer, seed=0, process_index=p, process_count=2))
-    ids = np.concatenate([next(it)["candidate_id"] for _ in range(10)])  # 10 x 2 = one epoch
-    assert set(ids.tolist()) == set(shards[p].tolist())
-    seen.append(set(ids.tolist()))
-  assert not seen[0] & seen[1]
+@pytest.mark.parametrize("mixing", ["task", "example"])
+def test_processes_read_disjoint_blocks_of_the_single_process_batches(memory_sources, tokenizer,
+                                                                     mixing):
+  c = config(tasks=(TEXT_TASK.name, CAPTION_TASK.name), weights=(1.0, 1.0), batch_size=4,
+             mixing=mixing)
+  single = iter(pipeline.train_dataset(c, tokenizer, seed=0))
+  procs = [iter(pipeline.train_dataset(c, tokenizer, seed=0, process_index=p, process_count=2))
+           for p in range(2)]
+  read = [set(), set()]
+  for _ in range(40):  # about two epochs of each task's 40 records
+    whole, parts = next(single), [next(it) for it in procs]
+    # Concatenated in process order, the blocks are the global batch a single process reads.
+    _assert_same(jax.tree.map(lambda *xs: np.concatenate(xs), *parts), whole)
+    ids = [set(zip(p["task_index"].tolist(), p["query_id"].tolist(), p["candidate_id"].tolist()))
+           for p in parts]
+    assert not ids[0] & ids[1] and len(ids[0]) == len(ids[1]) == 2  # disjoint examples
+    read[0] |= ids[0]
+    read[1] |= ids[1]
+  assert len({i for i in read[0] | read[1] if i[0] == 0}) == 40  # whole epochs were read
+  # Both iterators sit at the same global position, from which a single process resumes.
+  assert procs[0].get_state() == procs[1].get_state()
+  single_resumed = iter(pipeline.train_dataset(c, tokenizer, seed=0))
+  single_resumed.set_state(procs[0].get_state())
+  _assert_same(next(single_resumed), next(single))
   with pytest.raises(ValueError, match="not divisible"):
     pipeline.train_dataset(config(tasks=(TEXT_TASK.name,), batch_size=3), tokenizer, seed=0,
                            process_count=2)

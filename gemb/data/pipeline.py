@@ -1,9 +1,13 @@
 """Input pipelines: mixtures of tasks as train streams, whole splits as retrieval corpora
 (or zero-shot classification sets).
 
-Owns which records each process reads (a disjoint shard: every ``process_count``-th
-record), seeded shuffling that changes every epoch, batching, the weighted mixture of a
-stage's tasks, worker processes and resumable iterators. Per-record work (decode, tokenize,
+Owns which records each process reads, seeded shuffling that changes every epoch,
+batching, the weighted mixture of a stage's tasks, worker processes and resumable
+iterators. Every process walks the same global stream of global batches and loads only its
+own contiguous block of each (process p of n: examples [p*b, (p+1)*b) of every global batch
+of n*b): the processes read disjoint examples, the global batch they assemble is exactly
+the one a single process would read, and an iterator's position counts global batches,
+so a checkpoint resumes under any process count. Per-record work (decode, tokenize,
 pack) is gemb/data/examples.py; record sources are gemb/data/sources.py.
 
 Mixing (``data.mixing``):
@@ -73,16 +77,20 @@ def open_split(config, task, split):
 
 
 def record_order(num_records, seed):
-  """Infinite sequence of shard positions: each epoch a new permutation."""
+  """Infinite sequence of record positions: each epoch a new permutation."""
   # Shuffle before repeat: grain folds the epoch number into the seed of each pass.
   return grain.MapDataset.range(num_records).shuffle(seed).repeat()
 
 
-def shard(num_records, process_index, process_count):
-  """Record indices of one process: every process_count-th record, disjoint across processes."""
+def process_block(examples, local_batch, process_index, process_count):
+  """This process's block of every global batch of ``examples`` (a MapDataset), batched.
+
+  MapDataset.batch is lazy, so slicing every n-th local-sized batch loads only this
+  process's examples; element j is process p's part of global batch j.
+  """
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is not in [0, {process_count})")
-  return np.arange(process_index, num_records, process_count)
+  return examples.batch(local_batch, drop_remainder=True)[process_index::process_count]
 
 
 def make_loader(config, task, tokenizer, split, records, source, *, task_index=0, train=True):
@@ -93,17 +101,15 @@ def make_loader(config, task, tokenizer, split, records, source, *, task_index=0
                        instructions=d.instructions)
 
 
-def _task_examples(config, task, tokenizer, *, seed, process_index, process_count, task_index):
+def _task_examples(config, task, tokenizer, *, seed, task_index):
+  """The global example stream of one task (every process builds the same one)."""
   source = open_split(config, task, task.train_split)
-  records = shard(len(source), process_index, process_count)
-  local_batch = config.data.batch_size // process_count
-  if len(records) < local_batch:
-    raise ValueError(f"task {task.name!r}: process {process_index} of {process_count} has "
-                     f"{len(records)} {task.train_split!r} records, fewer than its batch of "
-                     f"{local_batch}")
-  loader = make_loader(config, task, tokenizer, task.train_split, records, source,
-                       task_index=task_index)
-  return record_order(len(records), seed + 7919 * task_index).map(loader)
+  if len(source) < config.data.batch_size:
+    raise ValueError(f"task {task.name!r} has {len(source)} {task.train_split!r} records, "
+                     f"fewer than data.batch_size={config.data.batch_size}")
+  loader = make_loader(config, task, tokenizer, task.train_split, np.arange(len(source)),
+                       source, task_index=task_index)
+  return record_order(len(source), seed + 7919 * task_index).map(loader)
 
 
 def batch_structure(config, task):
@@ -117,11 +123,12 @@ def batch_structure(config, task):
 def train_dataset(config, tokenizer, *, seed, process_index=0, process_count=1):
   """Infinite stream of this process's batches of the configured task mixture.
 
-  Each batch has data.batch_size // process_count examples in the batch format of
-  gemb/batch.py plus "task_index" [b] (which task) and "skipped" [b] (bad records
-  replaced under on_bad_record="skip"); the loop pops both before the step. The stream
-  depends only on the seed and the sharding, and iter(ds).get_state()/set_state() resume it
-  exactly (also with worker processes).
+  Each batch is this process's block of data.batch_size // process_count examples of a
+  global batch, in the batch format of gemb/batch.py plus "task_index" [b] (which
+  task) and "skipped" [b] (bad records replaced under on_bad_record="skip"); the loop pops
+  both before the step. The global stream depends only on the seed; iter(ds).get_state()
+  counts global batches, the same in every process, and set_state() resumes it exactly
+  (also with worker processes, and under another process count).
   """
   d = config.data
   if d.batch_size % process_count:
@@ -138,17 +145,18 @@ def train_dataset(config, tokenizer, *, seed, process_index=0, process_count=1):
     raise ValueError(f"data.tasks: {eval_only} are zero-shot classification tasks, for "
                      "evaluation only (put them in eval.tasks)")
   local_batch = d.batch_size // process_count
-  per_task = [_task_examples(config, t, tokenizer, seed=seed, process_index=process_index,
-                             process_count=process_count, task_index=i)
+  per_task = [_task_examples(config, t, tokenizer, seed=seed, task_index=i)
               for i, t in enumerate(tasks)]
+  block = lambda examples: process_block(examples, local_batch, process_index,  # noqa: E731
+                                         process_count)
   # Decoding holds the GIL, so read threads mostly contend on a CPU host (measured: 0
   # threads 605 examples/s, 2 threads 387 on the default mixture); worker processes
   # (data.num_workers) are what scales per-record work. Threads help I/O-bound sources.
+  # Elements are whole batches here: read ahead about _MAX_PREFETCH records' worth.
   read = grain.ReadOptions(num_threads=d.read_threads,
-                           prefetch_buffer_size=min(2 * local_batch, _MAX_PREFETCH))
+                           prefetch_buffer_size=max(1, min(2, _MAX_PREFETCH // local_batch)))
   if d.mixing == "task":
-    batched = [ds.to_iter_dataset(read).batch(local_batch, drop_remainder=True)
-               for ds in per_task]
+    batched = [block(ds).to_iter_dataset(read) for ds in per_task]
     ds = batched[0] if len(batched) == 1 else grain.IterDataset.mix(batched, list(weights))
   else:
     structures = {batch_structure(config, t) for t in tasks}
@@ -156,7 +164,7 @@ def train_dataset(config, tokenizer, *, seed, process_index=0, process_count=1):
       raise ValueError(f"data.mixing='example' needs tasks with one batch structure; "
                        f"{names} differ (use data.mixing='task')")
     mixed = per_task[0] if len(per_task) == 1 else grain.MapDataset.mix(per_task, list(weights))
-    ds = mixed.to_iter_dataset(read).batch(local_batch, drop_remainder=True)
+    ds = block(mixed).to_iter_dataset(read)
   if d.num_workers > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers))
   return ds

@@ -34,6 +34,8 @@ import numbers
 import os
 import tempfile
 
+from gemb import paths
+
 # Column order of markdown_table; metrics outside this list follow, sorted by name.
 _COLUMNS = ("R@1", "R@5", "R@10", "NDCG@10", "MRR@10", "chance_R@1", "accuracy",
             "top5_accuracy", "balanced_accuracy", "chance_accuracy", "num_queries",
@@ -141,7 +143,7 @@ def write_eval_json(workdir, step, stage, tasks, *, baseline=None, name=None):
   (or to <workdir>/eval/<name>.json, e.g. "soup" for the model soup).
 
   Args:
-    workdir: the run's working directory (local path).
+    workdir: the run's working directory (local path or gs:// URL).
     step: the training step evaluated (int >= 0).
     stage: the curriculum stage name at that step.
     tasks: {task name: {metric name: value}}, as returned by gemb.eval.tasks.evaluate_dims.
@@ -158,8 +160,12 @@ def write_eval_json(workdir, step, stage, tasks, *, baseline=None, name=None):
   record = {"step": int(step), "stage": stage, "tasks": _clean_tasks(tasks)}
   if baseline is not None:
     record["baseline"] = _clean_baseline(baseline)
-  path = (eval_json_path(workdir, step) if name is None
-          else os.path.join(os.fspath(workdir), "eval", f"{name}.json"))
+  name = f"step_{int(step)}" if name is None else name
+  if paths.is_url(workdir):  # an object store writes whole objects: atomic already
+    path = paths.Path(workdir) / "eval" / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return str(path)
+  path = os.path.join(os.fspath(workdir), "eval", f"{name}.json")
   directory = os.path.dirname(path)
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path), suffix=".tmp")
@@ -181,8 +187,7 @@ def write_eval_json(workdir, step, stage, tasks, *, baseline=None, name=None):
 
 def read_eval_json(path):
   """Reads and validates an eval JSON; returns {"step", "stage", "tasks"[, "baseline"]}."""
-  with open(path) as f:
-    record = json.load(f)
+  record = json.loads(paths.Path(path).read_text())
   required = {"step", "stage", "tasks"}
   if not isinstance(record, dict) or not required <= set(record) <= required | {"baseline"}:
     keys = sorted(record) if isinstance(record, dict) else type(record).__name__

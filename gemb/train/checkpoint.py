@@ -3,36 +3,49 @@
 A checkpoint ``<workdir>/checkpoints/<step>/`` holds three items: ``state`` (params +
 optimizer state + step + guard counters, restored directly onto the current mesh's
 shardings, whatever mesh wrote it), ``data`` (the grain iterator position of the stage
-that was running, so a resumed run sees exactly the batches it would have seen) and
-``meta`` (JSON: the curriculum position: stage index and name). Saves are asynchronous; a
-save interrupted mid-way leaves only a ``*.orbax-checkpoint-tmp`` directory, which orbax
-ignores on restore and deletes at start-up.
+that was running, as JSON, so a resumed run sees exactly the batches it would have seen)
+and ``meta`` (JSON: the curriculum position, stage index and name, and the stage's
+resolved config). Saves are asynchronous; a save interrupted mid-way leaves only a
+``*.orbax-checkpoint-tmp`` directory, which orbax ignores on restore and deletes at
+start-up.
+
+With several jax processes every one of them calls save/restore (orbax coordinates them
+and writes each array shard once). The iterator position counts global batches and is the
+same in every process (gemb/data/pipeline.py), so it is one JSON item, checked equal across
+processes at save, rather than grain's per-process files: a checkpoint written by N
+processes restores under any other process count.
 
 What is kept: the latest ``keep`` checkpoints, plus the ``keep_best`` best by the eval
-metric passed to ``save`` (checkpoints saved without metrics count only as "latest"),
-plus any ``pinned`` steps (e.g. each stage's last step, for a soup of stages).
+score passed to ``save`` (checkpoints saved without one count only as "latest"), plus any
+``pinned`` steps (e.g. each stage's last step, for a soup of stages).
 """
 
-import os
+import hashlib
+import json
 
-import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from gemb import paths
 from gemb.train.state import abstract_state
 
 BEST_METRIC = "score"  # key of the metrics dict given to save()
 
 
 def checkpoint_dir(path):
-  """A run's workdir or its checkpoints/ directory -> the absolute checkpoints directory."""
-  path = os.path.abspath(path)  # orbax needs absolute paths
-  nested = os.path.join(path, "checkpoints")
-  return nested if os.path.isdir(nested) else path
+  """A run's workdir or its checkpoints/ directory -> the checkpoints directory."""
+  nested = paths.Path(path) / "checkpoints"
+  return nested if nested.is_dir() else paths.Path(path)
 
 
 class Checkpointer:
-  """Thin policy layer over ocp.CheckpointManager (which paths, what to keep, what to save)."""
+  """Thin policy layer over ocp.CheckpointManager (which paths, what to keep, what to save).
+
+  ``read_only``: open another run's checkpoints (its workdir or checkpoints directory).
+  """
 
   def __init__(self, workdir, *, keep=3, keep_best=0, pinned=(), async_save=True,
                read_only=False):
@@ -43,8 +56,8 @@ class Checkpointer:
           keep_checkpoints_without_metrics=False))
     if pinned:
       keep_policies.append(policies.CustomSteps(tuple(pinned)))
-    directory = (checkpoint_dir(workdir) if read_only
-                 else os.path.join(os.path.abspath(workdir), "checkpoints"))
+    # Absolute (paths.Path): orbax needs it.
+    directory = checkpoint_dir(workdir) if read_only else paths.Path(workdir) / "checkpoints"
     self.manager = ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(
@@ -61,9 +74,15 @@ class Checkpointer:
 
   def save(self, step, state, data_iterator, meta, *, score=None, force=False):
     """Starts an (async) save; ``score`` (higher is better) ranks it for keep_best."""
+    data_state = data_iterator.get_state()
+    if jax.process_count() > 1:
+      digest = hashlib.sha256(json.dumps(data_state, sort_keys=True).encode()).digest()
+      multihost_utils.assert_equal(np.frombuffer(digest, np.uint8),
+                                   f"data iterator positions differ across processes at step "
+                                   f"{step}: the processes did not read the same global batches")
     return self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator),
+        data=ocp.args.JsonSave(data_state),
         meta=ocp.args.JsonSave(meta)),
         metrics=None if score is None else {BEST_METRIC: float(score)}, force=force)
 
@@ -85,8 +104,8 @@ class Checkpointer:
 
   def restore_data(self, step, data_iterator):
     """Moves ``data_iterator`` (in place) to where the run was at ``step``."""
-    self.manager.restore(step, args=ocp.args.Composite(
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    data_iterator.set_state(self.manager.restore(step, args=ocp.args.Composite(
+        data=ocp.args.JsonRestore()))["data"])
 
   def restore_params(self, step, params_like):
     """Only the parameters (``state["params"]``) of ``step``, onto ``params_like``'s

@@ -6,15 +6,16 @@ continued run sees the batches it would have and ends with bitwise the same para
 SIGTERM (TPU preemption) saves the current step and returns within seconds.
 """
 
-import os
+import hashlib
 import time
 
 import jax
 import numpy as np
 from absl import logging
 from clu import parameter_overview
+from jax.experimental import multihost_utils
 
-from gemb import parallel
+from gemb import parallel, paths
 from gemb.data.pipeline import tokenizer_corpus, train_dataset
 from gemb.data.tokenizer import Tokenizer
 from gemb.eval import report
@@ -36,16 +37,28 @@ class NonFiniteError(RuntimeError):
 
 def load_or_train_tokenizer(config, stages, workdir):
   """The run's sentencepiece model lives in the workdir, so evals and exports reuse it. It is
-  trained on the texts of every stage's tasks and eval tasks."""
-  path = os.path.join(workdir, "tokenizer.model")
-  if os.path.exists(path):
-    tok = Tokenizer.load(path)
+  trained on the texts of every stage's tasks and eval tasks.
+
+  Every process trains the same model (deterministic training on the same texts) and
+  process 0 saves it; the barrier keeps a process from reading a half-written file, and
+  the digest check proves all processes tokenize alike (it fails if the workdir is not
+  shared, e.g. a stale tokenizer.model on one host only).
+  """
+  path = paths.Path(workdir) / "tokenizer.model"
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("gemb: before reading tokenizer.model")
+  if path.exists():
+    tok = Tokenizer(path.read_bytes())
   else:
     names = [t for s in stages for t in tuple(s.config.data.tasks) + tuple(s.config.eval.tasks)]
     tok = Tokenizer.train(tokenizer_corpus(config, tuple(dict.fromkeys(names))),
                           config.data.vocab_size)
     if jax.process_index() == 0:
-      tok.save(path)
+      path.write_bytes(tok.model_proto)
+  if jax.process_count() > 1:
+    digest = np.frombuffer(hashlib.sha256(tok.model_proto).digest(), np.uint8)
+    multihost_utils.assert_equal(digest, f"processes have different tokenizers ({path}): "
+                                 "is the workdir shared by all hosts?")
   if tok.vocab_size > config.model.text.vocab_size:
     raise ValueError(f"tokenizer has {tok.vocab_size} pieces > model.text.vocab_size="
                      f"{config.model.text.vocab_size}")
@@ -81,8 +94,8 @@ class Evaluator:
 def train_and_evaluate(config, workdir):
   """Runs every stage of ``config`` in ``workdir``; returns the final eval results."""
   stages = config_check.validate(config)  # a bad config fails here, before any work
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = paths.absolute(workdir)  # local: absolute (orbax); gs://...: unchanged
+  paths.Path(workdir).mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
 
   # ---- Mesh, tokenizer, resolved config, logs.
@@ -92,9 +105,8 @@ def train_and_evaluate(config, workdir):
                jax.process_count(), ", ".join(f"{s.name} [{s.start}, {s.end})" for s in stages))
   tokenizer = load_or_train_tokenizer(config, stages, workdir)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_main)
+    (paths.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+  writer = SummaryWriter(str(paths.Path(workdir) / "tensorboard"), enabled=is_main)
   writer.text(0, "config", config.to_json_best_effort(indent=2))
 
   # ---- Model and optimizer state, born sharded.

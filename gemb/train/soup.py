@@ -7,8 +7,6 @@ on the last stage's eval tasks and compares it with its best single checkpoint:
 eval/soup.json (same format as eval/step_<N>.json) and eval/soup_vs_best.md.
 """
 
-import glob
-import os
 import re
 
 import jax
@@ -16,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from gemb import paths
 from gemb.eval import report
 from gemb.train.checkpoint import Checkpointer
 from gemb.train.curriculum import param_path
@@ -99,7 +98,7 @@ def soup_steps(config, stages, ckpt):
 def best_checkpoint(workdir, kept_steps, config):
   """(step, results) of the kept checkpoint with the best eval score on ``config``'s tasks."""
   best = None
-  for path in glob.glob(os.path.join(workdir, "eval", "step_*.json")):
+  for path in (paths.Path(workdir) / "eval").glob("step_*.json"):
     record = report.read_eval_json(path)
     tasks = record["tasks"]
     if record["step"] not in kept_steps or not set(config.eval.tasks) <= set(tasks):
@@ -131,7 +130,6 @@ def soup_and_compare(config, stages, ckpt, params_like, evaluator, workdir):
   lines.append(f"| **mean** | {best_score:.4f} | {soup_score:.4f} | "
                f"{soup_score - best_score:+.4f} |")
   text = "\n".join(lines) + "\n"
-  with open(os.path.join(workdir, "eval", "soup_vs_best.md"), "w") as f:
-    f.write(text)
+  (paths.Path(workdir) / "eval" / "soup_vs_best.md").write_text(text)
   logging.info("model soup:\n%s", text)
   return soup_results
