@@ -176,8 +176,11 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
   frozen = curriculum.frozen_mask(state["params"], stage.freeze) if stage.freeze else None
   train_step = make_train_step(graphdef, tx, schedule, config, mesh, shardings, frozen)
   task_names = tuple(config.data.tasks)
-  flops = {}  # batch structure -> FLOPs of one step (XLA's cost analysis)
-  meta = {"stage_index": stage.index, "stage": stage.name}
+  # Batch structure (one per task under mixing="task") -> (compiled step, its FLOPs): one
+  # trace and one compilation each, and the FLOPs from that same lowering.
+  compiled = {}
+  meta = {"stage_index": stage.index, "stage": stage.name,
+          "config": config.to_json_best_effort()}
 
   window, last = Window(), None
   t0, step0, skipped_total, flops_done = time.time(), step, 0, 0.0
@@ -191,11 +194,13 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
     batch = parallel.host_to_global(host_batch, mesh)
     with jax.set_mesh(mesh):
       key = jax.tree.structure(batch), tuple(x.shape for x in jax.tree.leaves(batch))
-      if key not in flops:
-        flops[key] = step_flops(train_step, state, batch)
-      state, step_metrics = train_step(state, batch)
+      if key not in compiled:
+        lowered = train_step.lower(state, batch)
+        compiled[key] = lowered.compile(), step_flops(lowered)
+      run_step, flops = compiled[key]
+      state, step_metrics = run_step(state, batch)
     step += 1
-    flops_done += flops[key]
+    flops_done += flops
     skipped_total += int(skipped.sum())
     window.add(step_metrics, task_names[int(task_index[0])]
                if config.data.mixing == "task" else None)
@@ -231,9 +236,9 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
   return state, last
 
 
-def step_flops(train_step, state, batch):
+def step_flops(lowered):
   """FLOPs of one step on this batch structure, from XLA's cost analysis of the lowering."""
-  cost = train_step.lower(state, batch).cost_analysis()
+  cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float((cost or {}).get("flops", 0.0))
 
