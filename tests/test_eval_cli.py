@@ -46,7 +46,9 @@ def config(emoji_data_dir, manifest):
                                       candidate=("text:caption",), query_id="id",
                                       candidate_id="id")}
   c.loss.update(matryoshka_dims=(16, 32), matryoshka_weights=(1.0, 1.0))
-  c.train.update(steps=4, checkpoint_every=4, log_every=2)
+  c.stages[0].steps, c.stages[1].steps = 2, 2
+  c.stages[1].data.batch_size = 16
+  c.train.update(checkpoint_every=4, log_every=2)
   c.eval.update(dims=(16, 32), tasks=(TASK, ZERO_SHOT, CUSTOM), batch_size=128)
   return c
 

@@ -44,7 +44,9 @@ def main_args(workdir, data_dir, *extra, steps=STEPS):
   return [
       "--config=configs/tiny.py", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
       "--config.data.builtin_config=small", f"--config.data.batch_size={BATCH}",
-      f"--config.train.steps={steps}", f"--config.train.checkpoint_every={HALF}",
+      # Two stages (tiny's curriculum), the boundary at the HALF checkpoint.
+      f"--config.stages[0].steps={HALF}", f"--config.stages[1].steps={steps - HALF}",
+      f"--config.stages[1].data.batch_size={BATCH}", f"--config.train.checkpoint_every={HALF}",
       "--config.train.log_every=1", "--config.optimizer.warmup_steps=1",
       "--config.eval.dims=(128,)", "--config.distributed.heartbeat_timeout_s=10",
       "--config.distributed.shutdown_timeout_s=10",

@@ -68,8 +68,6 @@ def validate(config):
   for stage in stages:
     where = "" if len(stages) == 1 else f".stages[{stage.index}] ({stage.name!r})"
     _check_section_values(stage.config, where)
-    if not stage.config.eval.tasks:
-      raise _fail(where, "eval.tasks", "is empty: every stage ends with an evaluation")
   soup = config.soup
   if soup.kind == "last" and not 0 < soup.num <= config.train.keep_checkpoints:
     raise _fail("", "soup.num", f"{soup.num} must be in [1, train.keep_checkpoints="

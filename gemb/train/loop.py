@@ -78,7 +78,10 @@ class Evaluator:
     return {t: self.corpora[t] for t in config.eval.tasks}
 
   def __call__(self, config, step, stage_name, params, *, name=None):
-    """-> (results, score): score = the mean of train.best_metric over the retrieval tasks."""
+    """-> (results, score): score = the mean of train.best_metric over the retrieval tasks
+    (None, None) when the stage has no eval tasks."""
+    if not config.eval.tasks:
+      return None, None
     results = evaluate_dims(self.graphdef, params, self.mesh, self.corpora_for(config),
                             config.eval.dims, config.eval.batch_size)
     score = float(np.mean(report.metric_values(results, config.train.best_metric)))
@@ -148,7 +151,7 @@ def train_and_evaluate(config, workdir):
     final = stages[-1]
     if last is None:
       last, _ = evaluator(final.config, final.end, final.name, state["params"])
-    if config.soup.kind != "none":
+    if config.soup.kind != "none" and final.config.eval.tasks:
       soup_and_compare(config, stages, ckpt, state["params"], evaluator, workdir)
   writer.close()
   ckpt.close()
