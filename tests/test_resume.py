@@ -79,8 +79,10 @@ def test_killed_at_several_points_resumes_bitwise_equal(tmp_path, emoji_data_dir
   ckpt_dir = os.path.join(workdir, "checkpoints")
   cmd = command(workdir, emoji_data_dir)
 
-  # 1. SIGKILL while an (async) checkpoint save is in flight in stage "align".
+  # 1. SIGKILL while an (async) checkpoint save is in flight in stage "align" (after a
+  # first checkpoint is complete, so the rerun has one to resume from).
   proc = start(cmd)
+  wait_for(proc, lambda: os.path.isdir(os.path.join(ckpt_dir, "2")), "checkpoint 2")
   wait_for(proc, saving(ckpt_dir), "checkpoint save")
   proc.kill()
   proc.wait()

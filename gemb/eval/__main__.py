@@ -130,7 +130,7 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
       f.write(markdown)
     paths["md"] = base + ".md"
     paths["png"] = plot_by_dim(base + ".png", trained, random_init,
-                               title=f"step {step}: quality vs dim (dashed: random init, "
+                               title=f"step {step}: quality (x chance) vs dim (dashed: random init, "
                                      "dotted: chance)")
     with SummaryWriter(os.path.join(workdir, "tensorboard")) as writer:
       writer.scalars(step, report.eval_scalars(trained))
