@@ -189,8 +189,10 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
   t0, step0, skipped_total, flops_done = time.time(), step, 0, 0.0
   while step < stage.end:
     if watch.reached(step):
-      ckpt.save(step, state, data_iter, meta, force=True)
       ckpt.wait()
+      if step not in ckpt.all_steps():  # the signal may come right after a save of this step
+        ckpt.save(step, state, data_iter, meta, force=True)
+        ckpt.wait()
       return state, last
     host_batch = next(data_iter)
     task_index, skipped = host_batch.pop("task_index"), host_batch.pop("skipped")
