@@ -48,6 +48,6 @@ def get_config(arg=None):
       # device-count rows the chunk is per device. Batches above run_up_to are compiled only.
       table=dict(batches=(128, 1024, 8192), levers=((0, 0), (64, 0), (64, 512)),
                  run_up_to=128, steps=2, devices=(2, 8), devices_batch=1024,
-                 cap_mib=64, demo_start=16, demo_block=256),
+                 cap_mib=100, demo_start=16, demo_block=256, demo_rounds=2, demo_steps=5),
   )
   return c
