@@ -9,6 +9,8 @@ def model_config(*, width, depth, heads, mlp_dim, embed_dim, vocab_size, text_le
   return ml_collections.ConfigDict(dict(
       modalities=modalities,
       width=width, depth=depth, heads=heads, mlp_dim=mlp_dim, dropout=0.0,
+      dtype="float32",        # compute dtype of the train step ("bfloat16" on GPU/TPU); params
+                              # and optimizer state stay float32, losses run in float32
       scan_layers=False,      # lax.scan over layers: on for deep TPU models, off for small CPU ones
       remat_policy="",        # a jax.checkpoint_policies name, e.g. "nothing_saveable"; "" = off
       pooling="mean",         # mean | first | attention

@@ -45,7 +45,13 @@ def get_config(arg=None):
   c.loss = dict(kind="infonce", symmetric=True, mask_false_negatives=True,
                 margin=config_dict.placeholder(float),
                 matryoshka_dims=(32, 64, 128), matryoshka_weights=(1.0, 1.0, 1.0),
-                learn_temperature=True, max_logit_scale=100.0)
+                learn_temperature=True, max_logit_scale=100.0,
+                # Memory levers for big contrastive batches (0 = off); both give the same loss
+                # and gradients. cache_chunk: GradCache, embed cache_chunk examples at a time
+                # (a multiple of the data*fsdp devices dividing the batch; costs a second
+                # forward pass). score_block: score candidates in blocks of this many columns
+                # (per-device loss memory O(b_local x block) instead of O(b_local x B*(1+K))).
+                cache_chunk=0, score_block=0)
   c.optimizer = dict(learning_rate=3e-3, warmup_steps=30, end_lr_fraction=0.0,
                      weight_decay=0.05, grad_clip_norm=1.0, b1=0.9, b2=0.98, eps=1e-8,
                      schedule="new")  # new: own warmup + cosine | continue: previous stage's

@@ -21,9 +21,10 @@ train anchors against their own hard negatives).
 Cross-device negatives: with a mesh, the loss runs under `jax.shard_map`; each device gathers
 (all_gather, tiled) the candidates, hard negatives and ids of the whole batch, scores only its
 LOCAL queries against all global columns, and the per-device sums are psum-ed. Every device
-therefore holds a b_local x (B + B*K) score matrix, never a B x B one. The gradient flows back
-through the all_gather (its transpose is a reduce-scatter), so each candidate receives the
-gradient of every device's queries: no "gather with grad" correction is needed.
+therefore holds a b_local x (B + B*K) score matrix (or, with `score_block`, one b_local x block
+slice of it at a time), never a B x B one. The gradient flows back through the all_gather
+(its transpose is a reduce-scatter), so each candidate receives the gradient of every
+device's queries: no "gather with grad" correction is needed.
 """
 
 import math
@@ -79,6 +80,12 @@ class _Settings:
     self.symmetric = bool(config.symmetric)
     self.mask_false_negatives = bool(config.mask_false_negatives)
     self.margin = None if config.margin is None else float(config.margin)
+    # Columns scored per block (0: all at once); configs without the field score all at once.
+    self.score_block = getattr(config, "score_block", 0) or 0
+    if isinstance(self.score_block, bool) or not isinstance(self.score_block, int) \
+        or self.score_block < 0:
+      raise ValueError(f"config.score_block must be an int >= 0 (0 = off), got "
+                       f"{self.score_block!r}")
     dims = tuple(config.matryoshka_dims or ())
     weights = tuple(config.matryoshka_weights or ())
     if not dims and not weights:
@@ -119,43 +126,87 @@ def _check_inputs(query, candidate, negatives, query_id, candidate_id, negative_
     raise ValueError("config.kind='sigmoid' needs logit_bias (got None)")
 
 
-def _score_rows(rows, cols, labels, drop_ids, scale, bias, settings):
+def _score_rows(rows, cols, labels, row_ids, col_ids, col_pad, scale, bias, settings):
   """Loss sum and #correct of local `rows` [b, d] scored against global `cols` [N, d].
 
-  Both are L2-normalized; labels [b] index each row's positive column; drop_ids [b, N] marks
-  false negatives by id (None: no id masking). Returns (loss_sum, num_correct), where a row is
-  correct if its positive has the top logit among the columns it is not masked from.
+  Both are L2-normalized; labels [b] index each row's positive column. Masks (constants of
+  the loss: no gradient flows through the decision to drop a column; the positive is never
+  dropped): with row_ids [b] and col_ids [N] (None: no id masking) a column with its row's
+  id is dropped; col_pad [N] (None: none) drops padding columns for every row; with a
+  margin, columns almost as close as the positive. A row is correct if its positive has the
+  top logit among the columns it is not masked from.
+
+  The columns are scored in blocks of `settings.score_block` (0: one block of all N): each
+  block updates a running max / sum of exponentials (infonce: an online logsumexp) or a
+  running sum (sigmoid), a running positive logit and a running argmax. Blocks run under
+  lax.scan with the block rematerialized, so forward and backward hold one b x block score
+  block at a time, never the b x N matrix.
   """
-  # HIGHEST: on TPU the default f32 matmul runs in bf16 passes, and a 1e-3 error in a cosine
-  # times a logit scale of ~100 is a visible error in the logits. The matmul is tiny anyway.
-  cos = jnp.einsum("bd,nd->bn", rows, cols, precision=jax.lax.Precision.HIGHEST)
-  is_pos = jnp.arange(cols.shape[0])[None, :] == labels[:, None]
-  drop = jnp.zeros_like(is_pos) if drop_ids is None else drop_ids
+  b, n = rows.shape[0], cols.shape[0]
+  if col_pad is None:
+    col_pad = jnp.zeros((n,), bool)
+  if row_ids is None:  # no id masking: ids that never match
+    row_ids, col_ids = jnp.zeros((b,), jnp.int32), jnp.ones((n,), jnp.int32)
+  pos_cos = None
   if settings.margin is not None:
-    # A column almost as close as the positive is likely an unlabeled positive. Masks are
-    # constants of the loss: no gradient flows through the decision to drop a column.
-    c = jax.lax.stop_gradient(cos)
-    pos_cos = jnp.take_along_axis(c, labels[:, None], axis=1)
-    drop = drop | (~is_pos & (c > pos_cos - settings.margin))
-  drop = jax.lax.stop_gradient(drop)
-  logits = scale * cos
-  if settings.kind == "infonce":
-    masked = jnp.where(drop, -jnp.inf, logits)
-    pos_logit = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
-    loss = jnp.sum(jax.nn.logsumexp(masked, axis=1) - pos_logit)
+    # HIGHEST: on TPU the default f32 matmul runs in bf16 passes, and a 1e-3 error in a
+    # cosine times a logit scale of ~100 is a visible error in the logits.
+    pos_cos = jax.lax.stop_gradient(jnp.einsum(
+        "bd,bd->b", rows, cols[labels], precision=jax.lax.Precision.HIGHEST))
+
+  def block(carry, blk):
+    run_max, run_sum, pos_logit, best, best_col = carry
+    blk_cols, blk_index, blk_ids, blk_pad = blk
+    cos = jnp.einsum("bd,nd->bn", rows, blk_cols, precision=jax.lax.Precision.HIGHEST)
+    is_pos = blk_index[None, :] == labels[:, None]
+    drop = blk_pad[None, :] | ((blk_ids[None, :] == row_ids[:, None]) & ~is_pos)
+    if pos_cos is not None:
+      drop = drop | (~is_pos & (cos > pos_cos[:, None] - settings.margin))
+    drop = jax.lax.stop_gradient(drop)
+    logits = scale * cos
+    pos_logit = pos_logit + jnp.sum(jnp.where(is_pos, logits, 0.0), axis=1)
+    if settings.kind == "infonce":
+      masked = jnp.where(drop, -jnp.inf, logits)
+      # The running max is only a shift (logsumexp is invariant to it): no gradient. A row
+      # with every column so far masked keeps max -inf; shift it by 0 instead (its sum is 0).
+      new_max = jax.lax.stop_gradient(jnp.maximum(run_max, jnp.max(masked, axis=1)))
+      shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+      run_sum = (run_sum * jnp.exp(run_max - shift)
+                 + jnp.sum(jnp.exp(masked - shift[:, None]), axis=1))
+      run_max = new_max
+    else:
+      logits = logits + bias
+      masked = jnp.where(drop, -jnp.inf, logits)
+      sign = jnp.where(is_pos, 1.0, -1.0)
+      run_sum = run_sum - jnp.sum(jnp.where(drop, 0.0, jax.nn.log_sigmoid(sign * logits)), axis=1)
+    masked = jax.lax.stop_gradient(masked)
+    blk_best = jnp.max(masked, axis=1)
+    better = blk_best > best  # strict: ties keep the earlier column, as jnp.argmax does
+    best_col = jnp.where(better, blk_index[jnp.argmax(masked, axis=1)], best_col)
+    return (run_max, run_sum, pos_logit, jnp.maximum(best, blk_best), best_col), None
+
+  # Built from rows and labels so that, under shard_map, the carry varies over the batch
+  # axes like the values the blocks put in it (lax.scan needs equal types in and out).
+  zeros = jnp.zeros_like(rows[:, 0], jnp.float32)
+  init = (zeros - jnp.inf, zeros, zeros, zeros - jnp.inf, jnp.zeros_like(labels))
+  columns = (cols, jnp.arange(n), col_ids, col_pad)
+  size = settings.score_block
+  if not size or size >= n:
+    carry, _ = block(init, columns)
   else:
-    logits = logits + bias
-    masked = jnp.where(drop, -jnp.inf, logits)
-    sign = jnp.where(is_pos, 1.0, -1.0)
-    loss = -jnp.sum(jnp.where(drop, 0.0, jax.nn.log_sigmoid(sign * logits)))
-  correct = jnp.sum(jnp.argmax(masked, axis=1) == labels)
-  return loss, correct
-
-
-def _id_mask(row_ids, col_ids, labels):
-  """[b, N] bool: column has the same item id as the row's positive but is not the positive."""
-  is_pos = jnp.arange(col_ids.shape[0])[None, :] == labels[:, None]
-  return (col_ids[None, :] == row_ids[:, None]) & ~is_pos
+    blocks = -(-n // size)
+    extra = blocks * size - n  # padding columns: index -1 (never a positive), always dropped
+    padded = (jnp.pad(cols, ((0, extra), (0, 0))), jnp.pad(jnp.arange(n), (0, extra),
+                                                            constant_values=-1),
+              jnp.pad(col_ids, (0, extra)), jnp.pad(col_pad, (0, extra), constant_values=True))
+    stacked = jax.tree.map(lambda v: v.reshape((blocks, size) + v.shape[1:]), padded)
+    carry, _ = jax.lax.scan(jax.checkpoint(block), init, stacked)
+  run_max, run_sum, pos_logit, _, best_col = carry
+  if settings.kind == "infonce":
+    loss = jnp.sum(run_max + jnp.log(run_sum) - pos_logit)
+  else:
+    loss = jnp.sum(run_sum)
+  return loss, jnp.sum(best_col == labels)
 
 
 def _local_loss(x, scale, bias, *, settings, axes, global_b):
@@ -180,32 +231,31 @@ def _local_loss(x, scale, bias, *, settings, axes, global_b):
   cols = gather(c)
   if "negatives" in x:
     cols = jnp.concatenate([cols, gather(x["negatives"]).reshape(-1, width)], axis=0)
-  q_drop = c_drop = None
+  # Masks travel as ids and padding flags per column; _score_rows builds them per block.
+  row_ids = col_ids = back_row_ids = back_col_ids = col_pad = None
   if settings.mask_false_negatives:
-    col_ids = gather(x["candidate_id"])
+    row_ids, col_ids = x["candidate_id"], gather(x["candidate_id"])
     if "negative_id" in x:
       col_ids = jnp.concatenate([col_ids, gather(x["negative_id"]).reshape(-1)])
-    q_drop = _id_mask(x["candidate_id"], col_ids, labels)
   if "negative_id" in x:
     # Padding hard negatives (id < 0, see gemb/data/examples.py) are never negatives.
     neg_ids = gather(x["negative_id"]).reshape(-1)
-    pad = jnp.concatenate([jnp.zeros(cols.shape[0] - neg_ids.shape[0], bool), neg_ids < 0])
-    pad = jnp.broadcast_to(pad[None, :], (b, cols.shape[0]))
-    q_drop = pad if q_drop is None else q_drop | pad
+    col_pad = jnp.concatenate([jnp.zeros(cols.shape[0] - neg_ids.shape[0], bool), neg_ids < 0])
   sym = settings.kind == "infonce" and settings.symmetric
   if sym:
     all_q = gather(q)
     if settings.mask_false_negatives:
-      c_drop = _id_mask(x["query_id"], gather(x["query_id"]), labels)
+      back_row_ids, back_col_ids = x["query_id"], gather(x["query_id"])
 
   metrics = {}
   loss = 0.0
   for d, w in zip(settings.dims, settings.weights):
     rows, col_d = matryoshka(q, d), matryoshka(cols, d)
-    loss_sum, correct = _score_rows(rows, col_d, labels, q_drop, scale, bias, settings)
+    loss_sum, correct = _score_rows(rows, col_d, labels, row_ids, col_ids, col_pad, scale,
+                                    bias, settings)
     if sym:
-      back_sum, _ = _score_rows(matryoshka(c, d), matryoshka(all_q, d), labels,
-                                c_drop, scale, bias, settings)
+      back_sum, _ = _score_rows(matryoshka(c, d), matryoshka(all_q, d), labels, back_row_ids,
+                                back_col_ids, None, scale, bias, settings)
       loss_sum = 0.5 * (loss_sum + back_sum)
     loss_d = total(loss_sum) / global_b
     metrics[f"loss@{d}"] = loss_d
@@ -235,7 +285,9 @@ def contrastive_loss(query, candidate, negatives=None, *, query_id, candidate_id
     logit_bias: scalar added to the logits; required by "sigmoid", ignored by "infonce"
       (a bias shared by all columns cancels in the softmax).
     config: object with fields kind ("infonce" | "sigmoid"), symmetric, mask_false_negatives,
-      margin (float or None), matryoshka_dims, matryoshka_weights (empty: full width only).
+      margin (float or None), matryoshka_dims, matryoshka_weights (empty: full width only),
+      and optionally score_block (int; > 0 scores the columns in blocks of that many, see
+      "Memory" below; 0 or absent: all at once).
     mesh: a jax Mesh; None runs on one device without collectives (global = local batch).
     batch_axes: mesh axes the batch dim is split over. Axes the mesh lacks are skipped; other
       mesh axes (e.g. "tensor") see the batch replicated.
@@ -266,6 +318,10 @@ def contrastive_loss(query, candidate, negatives=None, *, query_id, candidate_id
   queries for the symmetric term), and per Matryoshka dim d their normalized prefixes,
   B*(1+K)*d, and the b_local x B*(1+K) score matrix (b_local x B for the symmetric term).
   No device builds a B x B matrix; the backward pass keeps the same per-device residuals.
+  With score_block = s > 0 the score matrix is never built: blocks of s columns are scored
+  one after another (an online logsumexp for infonce) and rematerialized in the backward
+  pass, so the score memory is O(b_local x s) instead of O(b_local x B*(1+K)), at the cost
+  of computing the scores twice. Values and gradients equal the unblocked loss.
   """
   settings = _Settings(config, query.shape[-1])
   _check_inputs(query, candidate, negatives, query_id, candidate_id, negative_id,

@@ -348,6 +348,72 @@ def test_padding_negatives_are_ignored(kind):
   assert abs(_run(some, cfg, mesh)[0] - _run(without, cfg, mesh)[0]) > 1e-4
 
 
+# ----------------------------------------------------------------------------- blocked scoring
+
+
+@pytest.mark.parametrize("block", [5, 16, 40])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_blocked_scores_match_reference_and_full_loss(case, block):
+  """score_block over the 64 columns (16 candidates + 48 hard negatives): 5 leaves a ragged
+  last block, 16 splits exactly (candidates alone in the first block), 40 gives two blocks
+  with 16 padding columns (and one block for the 16 columns of the symmetric term). Forward
+  and backward equal the reference and the unblocked loss on a 2x2x2 mesh."""
+  cfg = types.SimpleNamespace(**dict(vars(CASES[case]), score_block=block))
+  blocked = _run(_batch(), cfg, _mesh((2, 2, 2)))
+  _assert_close_to_reference(_batch(), CASES[case], blocked)
+  full_loss, full_metrics, full_grads = _run_case(case, (2, 2, 2))
+  np.testing.assert_allclose(blocked[0], full_loss, rtol=1e-6)
+  assert blocked[1]["accuracy"] == full_metrics["accuracy"]
+  for g, r in zip(blocked[2], full_grads):
+    if r is not None:
+      np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5,
+                                 atol=1e-6 * np.abs(np.asarray(r)).max())
+
+
+def test_blocked_scores_single_device_without_negatives():
+  cfg = _config(kind="sigmoid", mask=False, dims=(8, 16, 32), weights=(1.0, 0.5, 0.25))
+  batch = _batch(with_negatives=False)
+  _assert_close_to_reference(
+      batch, cfg, _run(batch, types.SimpleNamespace(**dict(vars(cfg), score_block=3)), None))
+
+
+def test_blocked_scores_keep_one_block_per_device():
+  """With score_block=s, per device, forward and backward: no array of b_local rows and >= N
+  columns (the score matrix, or per-block residuals stacked by the scan), only b_local x s
+  blocks. Without blocking the same check finds the score matrix, so it can fail."""
+  mesh = _mesh((8, 1, 1))
+  batch = {k: jax.device_put(v, NamedSharding(mesh, P(("data", "fsdp"))))
+           for k, v in _batch().items()}
+  b_local, n = B // 8, B * (1 + K)
+
+  def per_device_shapes(cfg):
+    def f(q, c, neg):
+      return losses.contrastive_loss(
+          q, c, neg, query_id=batch["query_id"], candidate_id=batch["candidate_id"],
+          negative_id=batch["negative_id"], logit_scale=SCALE, config=cfg, mesh=mesh)[0]
+    jaxpr = jax.make_jaxpr(jax.grad(f, argnums=(0, 1, 2)))(
+        batch["query"], batch["candidate"], batch["negatives"]).jaxpr
+    return {tuple(a.shape) for a in _per_device_avals(jaxpr) if hasattr(a, "shape")}
+
+  dims = (8, 32)
+
+  def score_sized(shapes):  # embeddings ([b, K, d] negatives...) end in an embedding dim
+    return [s for s in shapes
+            if b_local in s and s[-1] not in dims and math.prod(s) // b_local >= n]
+
+  cfg = _config(dims=dims, weights=(0.5, 1.0))
+  assert score_sized(per_device_shapes(cfg))
+  shapes = per_device_shapes(types.SimpleNamespace(**dict(vars(cfg), score_block=7)))
+  assert (b_local, 7) in shapes
+  assert not score_sized(shapes), score_sized(shapes)
+
+
+def test_bad_score_block_raises():
+  for bad in (-1, 2.5, True):
+    with pytest.raises(ValueError, match="score_block"):
+      _run(_batch(), types.SimpleNamespace(**dict(vars(_config()), score_block=bad)), None)
+
+
 # ----------------------------------------------------------------------------- masking
 
 

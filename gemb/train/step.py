@@ -10,6 +10,8 @@ unchanged (the update is skipped, not applied with NaNs) and counts itself in th
 (``nonfinite_steps`` in total, ``nonfinite_streak`` in a row); the loop stops the run
 when the streak reaches ``train.max_nonfinite_streak``. Frozen parameters (a stage's
 ``freeze`` regex) get a zero gradient and a zero update.
+With config.loss.cache_chunk > 0 the value and gradient come from GradCache
+(gemb/train/gradcache.py): the same loss, the activations of one chunk at a time.
 """
 
 import jax
@@ -18,7 +20,8 @@ import optax
 from flax import nnx
 
 from gemb import losses
-from gemb.batch import flatten_negatives
+from gemb.batch import SIDES, flatten_negatives
+from gemb.train import gradcache
 from gemb.train.metrics import TrainMetrics
 
 
@@ -35,9 +38,20 @@ def embed_batch(model, batch, dropout_key=None):
   return query, candidate, negatives
 
 
-def batch_loss(model, batch, loss_cfg, mesh, dropout_key=None):
-  """Contrastive loss of one batch -> (loss, metrics)."""
-  query, candidate, negatives = embed_batch(model, batch, dropout_key)
+def in_compute_dtype(tree, dtype):
+  """Float arrays of `tree` (params, or a batch's media) cast to the compute dtype.
+
+  Mixed precision by casting: the float32 master params are cast inside the step, so the
+  gradient arrives back in float32. Scalars (the loss's temperature and bias) stay float32.
+  """
+  def cast(x):
+    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) and x.ndim else x
+  return jax.tree.map(cast, tree)
+
+
+def embeddings_loss(model, embeddings, batch, loss_cfg, mesh):
+  """Contrastive loss of (query, candidate, negatives) raw embeddings -> (loss, metrics)."""
+  query, candidate, negatives = embeddings
   scale = losses.logit_scale_from_param(model.log_logit_scale[...], loss_cfg.max_logit_scale)
   bias = model.logit_bias[...]
   if not loss_cfg.learn_temperature:
@@ -46,6 +60,11 @@ def batch_loss(model, batch, loss_cfg, mesh, dropout_key=None):
       query, candidate, negatives, query_id=batch["query_id"], candidate_id=batch["candidate_id"],
       negative_id=batch.get("negative_id"), logit_scale=scale, logit_bias=bias, config=loss_cfg,
       mesh=mesh)
+
+
+def batch_loss(model, batch, loss_cfg, mesh, dropout_key=None):
+  """Contrastive loss of one batch -> (loss, metrics)."""
+  return embeddings_loss(model, embed_batch(model, batch, dropout_key), batch, loss_cfg, mesh)
 
 
 def _zero_where(mask, tree):
@@ -59,14 +78,26 @@ def make_train_step(graphdef, tx, schedule, config, mesh, state_shardings, froze
   """
   dropout = config.model.dropout > 0
   base_key = jax.random.key(config.seed)
+  cache_chunk = config.loss.get("cache_chunk", 0)  # 0: plain value_and_grad
+  dtype = jnp.dtype(config.model.get("dtype", "float32"))
 
   def train_step(state, batch):
     key = jax.random.fold_in(base_key, state["step"]) if dropout else None
+    sides = in_compute_dtype({s: batch[s] for s in SIDES if s in batch}, dtype)
+
+    def model(params):
+      return nnx.merge(graphdef, in_compute_dtype(params, dtype))
 
     def loss_fn(params):
-      return batch_loss(nnx.merge(graphdef, params), batch, config.loss, mesh, key)
+      return batch_loss(model(params), dict(batch, **sides), config.loss, mesh, key)
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    if cache_chunk:  # GradCache: same value and gradient, activations of one chunk
+      (loss, aux), grads = gradcache.cached_value_and_grad(
+          lambda params, chunk, k: embed_batch(model(params), chunk, k),
+          lambda params, emb: embeddings_loss(model(params), emb, batch, config.loss, mesh),
+          state["params"], sides, chunk_size=cache_chunk, mesh=mesh, key=key)
+    else:
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     if frozen is not None:
       grads = _zero_where(frozen, grads)
     grad_norm = optax.tree.norm(grads)
