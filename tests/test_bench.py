@@ -50,7 +50,7 @@ def test_bfloat16_compute_is_close_to_float32():
     config = tiny_bench_config()
     config.model.dtype = dtype
     mesh = parallel.make_mesh(config.mesh, devices=jax.devices()[:1])
-    graphdef, state, shardings, tx, schedule = create_train_state(config, mesh, 4)
+    graphdef, state, shardings, tx, schedule = create_train_state(config, mesh)
     step = make_train_step(graphdef, tx, schedule, config, mesh, shardings)
     batch = parallel.host_to_global(bench.synthetic_batch(config), mesh)
     with jax.set_mesh(mesh):
@@ -58,7 +58,7 @@ def test_bfloat16_compute_is_close_to_float32():
       losses = []
       for _ in range(3):
         state, metrics = step(state, batch)
-        losses.append(float(metrics["loss"]))
+        losses.append(float(metrics.compute()["loss"]))
     return losses, state, hlo
 
   f32, f32_state, f32_hlo = steps("float32")
