@@ -43,7 +43,7 @@ def test_tiny_two_stage_run_learns_logs_and_soups(tmp_path, emoji_data_dir):
   with open(os.path.join(workdir, "eval", "soup.json")) as f:
     assert json.load(f)["stage"] == "soup"
   with open(os.path.join(workdir, "eval", "soup_vs_best.md")) as f:
-    assert "| emoji_image_to_name |" in f.read()
+    assert "| emoji_image_to_name (R@1) |" in f.read()
 
   events = EventAccumulator(os.path.join(workdir, "tensorboard"),
                             size_guidance={"scalars": 0, "tensors": 0})
