@@ -186,9 +186,11 @@ def test_emoji_small_config(emoji_records, emojis):
   r = emoji_records["test"][0]
   assert r["image"] in emoji.render_pngs(truth[r["item_id"]], train=False)
   names = [t.name for t in emoji.TASKS]
-  assert names == ["emoji_image_to_name", "emoji_name_to_image"]
+  assert names == ["emoji_image_to_name", "emoji_name_to_image", "emoji_group_zero_shot"]
   for t in emoji.TASKS:
-    assert {s.field for s in t.query + t.candidate} | {t.query_id} <= set(r)
+    fields = ({s.field for s in t.query} | {t.label} if hasattr(t, "label")
+              else {s.field for s in t.query + t.candidate} | {t.query_id})
+    assert fields <= set(r), t.name
 
 
 def test_missing_debian_file_names_the_package(tmp_path, monkeypatch):
