@@ -67,7 +67,7 @@ def test_tiny_two_stage_run_learns_logs_and_soups(tmp_path, emoji_data_dir):
 def test_config_typo_fails_before_any_work(tmp_path):
   for flag, words in (("--config.optimizer.warmup_stepz=5", ("warmup_stepz", "warmup_steps")),
                       ("--config.stages[1].steps=abc", ("steps", "abc")),
-                      ("--config.stages[1].data.mixing=exemple", ("data.mixing", "exemple"))):
+                      ("--config.data.mixing=exemple", ("data.mixing", "exemple"))):
     out = subprocess.run(main_command(str(tmp_path / "run"), str(tmp_path / "data"), flag),
                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
