@@ -1,6 +1,7 @@
 """The bench command's measurements and the bfloat16 compute switch (model.dtype)."""
 import jax
 import numpy as np
+import pytest
 
 from configs import bench as bench_config
 from gemb import bench, parallel
@@ -44,6 +45,7 @@ def test_bf16_peaks():
   assert bench.bf16_peak("cpu") is None
 
 
+@pytest.mark.slow  # CI time: the default suite checks GradCache / bench without it
 def test_bfloat16_compute_is_close_to_float32():
   """model.dtype=bfloat16 runs the step in bf16 (params stay float32) and trains like f32."""
   def steps(dtype):

@@ -131,6 +131,7 @@ def test_gradcache_equals_uncached(kind, shape, chunk):
     assert temp[0] < 0.6 * temp[1], temp
 
 
+@pytest.mark.slow  # CI time: the default suite checks GradCache / bench without it
 def test_gradcache_with_dropout_uses_each_chunks_key_in_both_passes():
   """With dropout, chunk j embeds with key j in the forward-only pass and in the VJP pass;
   the reference differentiates straight through the same chunked, keyed embedding."""
