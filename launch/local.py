@@ -1,7 +1,7 @@
 """Runs N jax processes x M CPU devices on this machine, as a multi-host job would run.
 
   python launch/local.py --num_processes=2 --devices_per_process=2 -- \
-      --config=configs/tiny.py --workdir=$PWD/runs/mh --config.train.steps=20
+      --config=configs/tiny.py --workdir=$PWD/runs/mh --config.stages[0].steps=20
 
 Every process runs `python -m gemb.main <args after -->` with JAX_COORDINATOR_ADDRESS /
 JAX_NUM_PROCESSES / JAX_PROCESS_ID set (gemb/distributed.py reads them) and M simulated CPU

@@ -2,7 +2,7 @@
 
   python launch/tpu_vm.py --name=gemb-v5e --zone=us-west4-a --accelerator_type=v5litepod-256 \
       --version=v2-alpha-tpuv5-lite --spot --workdir=gs://my-bucket/runs/v5e \
-      --config=configs/default.py --dry_run -- --config.train.steps=20000
+      --config=configs/default.py --dry_run -- --config.stages[0].steps=20000
 
 Steps (``--steps``, default all but delete): create (a TPU VM, or with --queued a queued
 resource, waiting until it is ACTIVE), ship (this checkout as a tarball over scp, or

@@ -3,7 +3,7 @@
   python launch/xm_launch.py --platform=gke --accelerator=tpu_v5e --topology=16x16 \
       --workdir=gs://my-bucket/runs/sweep1 --config=configs/default.py \
       --sweep=optimizer.learning_rate=1e-3,3e-3 --sweep=loss.kind=infonce,sigmoid \
-      -- --config.train.steps=20000
+      -- --config.stages[0].steps=20000
 
 One job per point of the sweep (the cartesian product of every --sweep), each with its own
 workdir <workdir>/<trial name> and the common overrides after `--`. ``--dry_run`` prints the
