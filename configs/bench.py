@@ -41,6 +41,8 @@ def get_config(arg=None):
   c.data.batch_size = 256 if arg == "vitb" else 128
   c.loss.matryoshka_weights = (1.0,)
   c.bench = dict(
+      mode="train",        # train: the train step | embed: forward-only eval encoder
+      embed_batch=256,     # examples per embed step (open_clip_bench.py --eval-only: 256)
       warmup=3, steps=10,
       devices=0,           # > 0: simulate this many CPU devices (0: what the process has)
       compile_only=False,  # True: compile for the memory analysis, do not run

@@ -1,6 +1,8 @@
-"""Times the compiled train step (one JSON line), or builds the memory / scale table.
+"""Times the compiled train step or the eval encoder (one JSON line), or builds the memory /
+scale table.
 
   python -m gemb.bench --config=configs/bench.py [--config.bench.steps=20]
+  python -m gemb.bench --config=configs/bench.py --config.bench.mode=embed
   python -m gemb.bench --config=configs/bench.py --table [--table_out=/tmp/perf.md]
 
 Random image -> text batches of the config's shapes (query = one image, candidate = one
@@ -10,6 +12,11 @@ Each run also reports the step's per-device memory from XLA's compiled memory an
 `--config.bench.compile_only=True` the step is compiled for its memory analysis but not run
 (big batches that would take too long on a CPU). `--config.bench.devices=N` simulates N CPU
 devices (the mesh then splits the batch over them).
+
+`--config.bench.mode=embed` times forward-only embedding instead, through the evaluation's
+encoder (gemb.eval.tasks.make_embed_fn: host batch in, float32 embeddings out) at
+`bench.embed_batch` examples: each timed step embeds one image batch and one text batch, as
+open_clip_bench.py --eval-only does (encode_image + encode_text).
 
 `--table` runs one child process per row (a fresh process per device count, and an honest
 peak RSS per row) and prints a Markdown table: memory and step time vs global batch and vs
@@ -42,6 +49,7 @@ from ml_collections import config_flags
 
 from gemb import parallel
 from gemb.batch import IMAGE, TEXT
+from gemb.eval.tasks import make_embed_fn
 from gemb.train.state import create_train_state
 from gemb.train.step import make_train_step
 
@@ -68,6 +76,12 @@ def flops_per_example(config):
   logits = sum(4 * batch * d for d in config.loss.matryoshka_dims)
   forward = image + text + logits
   return forward, 3 * forward
+
+
+def embed_flops_per_example(config):
+  """Analytic FLOPs of embedding one image and one text (no loss)."""
+  forward, _ = flops_per_example(config)
+  return forward - sum(4 * config.data.batch_size * d for d in config.loss.matryoshka_dims)
 
 
 def synthetic_batch(config, seed=0, batch_size=None):
@@ -112,7 +126,44 @@ def peak_rss_mib():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def timed(fn, warmup, steps):
+  """Seconds of each of ``steps`` calls of ``fn`` (which blocks on its result) after warm-up."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def run_embed(config):
+  """Forward-only embedding throughput through the evaluation's encoder."""
+  mesh = parallel.make_mesh(config.mesh, devices=jax.devices()[:config.bench.devices or None])
+  graphdef, state, _, _, _ = create_train_state(config, mesh)
+  batch_size = config.bench.embed_batch
+  embed = make_embed_fn(graphdef, state["params"], mesh, batch_size)
+  batch = synthetic_batch(config, batch_size=batch_size)
+  sides = (batch["query"], batch["candidate"])  # one image batch, one text batch
+  times = timed(lambda: jax.block_until_ready([embed(side) for side in sides]),
+                config.bench.warmup, config.bench.steps)
+  median = statistics.median(times)
+  per_example = embed_flops_per_example(config)
+  return {"framework": "gemb", "mode": "embed", "jax": jax.__version__, "devices": mesh.size,
+          "batch": batch_size, "device_kind": jax.devices()[0].device_kind,
+          "dtype": "float32", "steps": config.bench.steps, "step_s_median": median,
+          "step_s_min": min(times), "step_s_max": max(times),
+          "examples_per_s": batch_size / median, "flops_per_example_fwd": per_example,
+          "achieved_gflops": per_example * batch_size / median / 1e9,
+          "peak_rss_mib": peak_rss_mib()}
+
+
 def run(config):
+  if config.bench.get("mode", "train") == "embed":
+    return run_embed(config)
+  if config.bench.get("mode", "train") != "train":
+    raise ValueError(f"bench.mode={config.bench.mode!r}; choose 'train' or 'embed'")
   mesh = parallel.make_mesh(config.mesh, devices=jax.devices()[:config.bench.devices or None])
   graphdef, state, shardings, tx, schedule = create_train_state(config, mesh)
   step_fn = make_train_step(graphdef, tx, schedule, config, mesh, shardings)
@@ -127,16 +178,14 @@ def run(config):
   if config.bench.compile_only:
     return dict(result, ran=False, peak_rss_mib=peak_rss_mib())
   batch = parallel.host_to_global(synthetic_batch(config), mesh)
+  def step():
+    nonlocal state, metrics
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)  # per-step sync only to time each step
+
+  metrics = None
   with jax.set_mesh(mesh):
-    for _ in range(config.bench.warmup):
-      state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(config.bench.steps):
-      t0 = time.perf_counter()
-      state, metrics = compiled(state, batch)
-      jax.block_until_ready(metrics)  # per-step sync only to time each step
-      times.append(time.perf_counter() - t0)
+    times = timed(step, config.bench.warmup, config.bench.steps)
   median = statistics.median(times)
   forward, train = flops_per_example(config)
   per_s = config.data.batch_size / median

@@ -39,6 +39,19 @@ def test_run_reports_time_flops_and_compiled_memory():
   assert not only["ran"] and "step_s_median" not in only
 
 
+def test_embed_mode_times_the_eval_encoder():
+  config = tiny_bench_config()
+  config.bench.mode, config.bench.embed_batch = "embed", 8
+  r = bench.run(config)
+  assert r["mode"] == "embed" and r["batch"] == 8 and r["examples_per_s"] > 0
+  # Forward FLOPs of one image and one text, without the loss's logits.
+  forward, _ = bench.flops_per_example(config)
+  assert r["flops_per_example_fwd"] == forward - 4 * config.data.batch_size * 16
+  config.bench.mode = "eval"
+  with pytest.raises(ValueError, match="bench.mode='eval'"):
+    bench.run(config)
+
+
 def test_bf16_peaks():
   assert bench.bf16_peak("NVIDIA H100 80GB HBM3") == 989e12
   assert bench.bf16_peak("NVIDIA H200") == 989e12

@@ -73,11 +73,12 @@ class MultimodalEmbedder(nnx.Module):
     self.encoder = Transformer(cfg, rngs=rngs)
     if self.pooling == "attention":
       self.pool = AttentionPool(cfg.width, cfg.heads, rngs=rngs)
+    # No bias (see gemb/model/transformer.py): a constant added to every embedding does
+    # nothing for cosine similarity but offer a shortcut to collapse.
     self.head_norm = layer_norm(cfg.width, rngs)
     self.head = nnx.Linear(
-        cfg.width, cfg.embed_dim, rngs=rngs,
-        kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "output")),
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("output",)))
+        cfg.width, cfg.embed_dim, rngs=rngs, use_bias=False,
+        kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "output")))
     # Contrastive temperature (log-parameterized; clipped in gemb.losses) and sigmoid bias.
     self.log_logit_scale = nnx.Param(jnp.asarray(-math.log(cfg.init_temperature), jnp.float32))
     self.logit_bias = nnx.Param(jnp.asarray(cfg.init_bias, jnp.float32))

@@ -23,10 +23,10 @@ def param(rngs, init, shape, axes):
 
 
 def patch_projection(rngs, in_dim, width):
+  # No bias: the modality-type embedding is the per-modality offset (see transformer.py).
   return nnx.Linear(
-      in_dim, width, rngs=rngs,
-      kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("patch", "embed")),
-      bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("embed",)))
+      in_dim, width, rngs=rngs, use_bias=False,
+      kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("patch", "embed")))
 
 
 class TextEmbedder(nnx.Module):
