@@ -43,9 +43,9 @@ def get_config(arg=None):
   c.model.audio.num_samples = 32000  # 2 s at 16 kHz: most spoken names and captions
   c.model.video.frames = 4           # 4 frames x 16 patches: motion, at half the tokens of 8
   c.data.vocab_size = vocab
-  # Task weights by how slowly each learns (measured: emoji names, WordNet and code pairs
-  # need the most steps; clip-art, video and composed pairs the fewest).
-  slow = {"code": 2.0, "wordnet": 2.0, "emoji": 2.0}
+  # Task weights by how slowly each learns (measured: emoji names, speech, WordNet and code
+  # pairs need the most steps; video and composed pairs the fewest).
+  slow = {"code": 2.0, "wordnet": 2.0, "emoji": 2.0, "speech": 2.0, "clipart": 1.5}
   weights = lambda tasks: tuple(slow.get(t.split("_")[0], 1.0) for t in tasks)  # noqa: E731
   c.data.tasks = sources.TRAIN_TASKS
   c.data.weights = weights(sources.TRAIN_TASKS)
@@ -60,10 +60,10 @@ def get_config(arg=None):
   c.eval.tasks = tuple(sorted(sources.BUILTIN_TASKS))
 
   c.stages = [
-      stage("align", 2600, data=dict(tasks=ALIGN_TASKS, weights=weights(ALIGN_TASKS),
+      stage("align", 4200, data=dict(tasks=ALIGN_TASKS, weights=weights(ALIGN_TASKS),
                                      num_negatives=0, instructions=False)),
-      stage("finetune", 400, data=dict(num_negatives=2, instructions=True),
-            optimizer=dict(learning_rate=5e-4, warmup_steps=20)),
+      stage("finetune", 600, data=dict(num_negatives=2, instructions=True),
+            optimizer=dict(learning_rate=3e-4, warmup_steps=20)),
   ]
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 3
