@@ -71,8 +71,12 @@ def test_sharded_steps_equal_single_device(single_device_run):
   state, shardings, step, losses = run_steps(config, mesh, batches(3))
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   assert losses[0] != losses[-1]  # the steps actually trained
+  # atol: the three steps move each element by up to ~6e-4 (Adam, lr <= 3e-4 in warm-up).
+  # Adam divides each gradient element by its own RMS, so the float32 reassociation of the
+  # sharded reductions can show as ~1e-6 in an element with a tiny gradient (seen: 1.03e-6
+  # in one of 192 elements, 2026-11-27); a real sharding error is far larger.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
-                                                       atol=1e-6),
+                                                       atol=5e-6),
                state["params"], ref_state["params"])
   # Shardings are pinned: params keep the rules' layout after the steps ...
   kernel = state["params"]["encoder"]["blocks"]["mlp"]["up"]["kernel"]
