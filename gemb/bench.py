@@ -66,22 +66,21 @@ def transformer_flops(tokens, m):
   return m.depth * (tokens * per_token + 4 * tokens ** 2 * m.width)
 
 
-def flops_per_example(config):
-  """Analytic forward and train FLOPs of one image -> text example (see module docstring)."""
-  m, batch = config.model, config.data.batch_size
+def embed_flops_per_example(config):
+  """Analytic FLOPs of embedding one image and one text (no loss)."""
+  m = config.model
   patches = (m.image.size // m.image.patch) ** 2
   image = (2 * 3 * m.image.patch ** 2 * m.width * patches + transformer_flops(patches, m)
            + 2 * m.width * m.embed_dim)
   text = transformer_flops(m.text.max_len, m) + 2 * m.width * m.embed_dim
-  logits = sum(4 * batch * d for d in config.loss.matryoshka_dims)
-  forward = image + text + logits
+  return image + text
+
+
+def flops_per_example(config):
+  """Analytic forward and train FLOPs of one image -> text example (see module docstring)."""
+  logits = sum(4 * config.data.batch_size * d for d in config.loss.matryoshka_dims)
+  forward = embed_flops_per_example(config) + logits
   return forward, 3 * forward
-
-
-def embed_flops_per_example(config):
-  """Analytic FLOPs of embedding one image and one text (no loss)."""
-  forward, _ = flops_per_example(config)
-  return forward - sum(4 * config.data.batch_size * d for d in config.loss.matryoshka_dims)
 
 
 def synthetic_batch(config, seed=0, batch_size=None):
@@ -160,10 +159,11 @@ def run_embed(config):
 
 
 def run(config):
-  if config.bench.get("mode", "train") == "embed":
+  mode = config.bench.get("mode", "train")
+  if mode not in ("train", "embed"):
+    raise ValueError(f"bench.mode={mode!r}; choose 'train' or 'embed'")
+  if mode == "embed":
     return run_embed(config)
-  if config.bench.get("mode", "train") != "train":
-    raise ValueError(f"bench.mode={config.bench.mode!r}; choose 'train' or 'embed'")
   mesh = parallel.make_mesh(config.mesh, devices=jax.devices()[:config.bench.devices or None])
   graphdef, state, shardings, tx, schedule = create_train_state(config, mesh)
   step_fn = make_train_step(graphdef, tx, schedule, config, mesh, shardings)
@@ -178,12 +178,13 @@ def run(config):
   if config.bench.compile_only:
     return dict(result, ran=False, peak_rss_mib=peak_rss_mib())
   batch = parallel.host_to_global(synthetic_batch(config), mesh)
+  metrics = None
+
   def step():
     nonlocal state, metrics
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)  # per-step sync only to time each step
 
-  metrics = None
   with jax.set_mesh(mesh):
     times = timed(step, config.bench.warmup, config.bench.steps)
   median = statistics.median(times)
