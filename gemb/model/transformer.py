@@ -32,6 +32,11 @@ def dropout(x, rate, key):
   return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
+def rows(x):
+  """(batch, length, ...) -> (batch * length, features): one matmul row per token."""
+  return x.reshape(x.shape[0] * x.shape[1], -1)
+
+
 def layer_norm(width, rngs):
   """LayerNorm with a scale and no bias (see the module docstring)."""
   return nnx.LayerNorm(
@@ -40,27 +45,37 @@ def layer_norm(width, rngs):
 
 
 class Attention(nnx.Module):
-  """Multi-head self-attention with a key padding mask; q, k, v from one fused matmul."""
+  """Multi-head self-attention with a key padding mask; q, k, v from one fused matmul.
+
+  The projections run as 2-D matmuls over (batch * length) rows: XLA's CPU backend then
+  computes each weight gradient from its operands as laid out, where a dot contracting over
+  two (batch, length) axes made it transpose the (much larger) activation gradient first
+  (measured: attention forward+backward 190 -> 145 ms at the bench dims). The qkv weight is
+  laid out (embed, heads, qkv, head_dim) so that flattening its last three axes keeps the
+  head axis major, and a tensor-parallel sharding over heads survives the reshape.
+  """
 
   def __init__(self, width, heads, *, rngs):
     if width % heads:
       raise ValueError(f"model.width={width} is not divisible by model.heads={heads}")
     self.heads, self.head_dim = heads, width // heads
     init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3))
-    self.qkv = param(rngs, init, (width, 3, heads, self.head_dim),
-                     ("embed", "qkv", "heads", "head_dim"))
+    self.qkv = param(rngs, init, (width, heads, 3, self.head_dim),
+                     ("embed", "heads", "qkv", "head_dim"))
     self.out = param(rngs, nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
                      (heads, self.head_dim, width), ("heads", "head_dim", "embed"))
 
   def __call__(self, x, mask):
-    qkv = jnp.einsum("bnd,dthk->tbnhk", x, self.qkv[...])
-    q, k, v = qkv[0], qkv[1], qkv[2]
+    b, n, width = x.shape
+    qkv = rows(x) @ self.qkv[...].reshape(width, -1)
+    qkv = qkv.reshape(b, n, self.heads, 3, self.head_dim)
+    q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
     scores = jnp.einsum("bqhk,bnhk->bhqn", q, k) / jnp.sqrt(self.head_dim).astype(x.dtype)
     # Finite fill (not -inf) keeps a row of only masked keys NaN-free; its output is unused.
     scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
     weights = jax.nn.softmax(scores, axis=-1)
     out = jnp.einsum("bhqn,bnhk->bqhk", weights, v)
-    return jnp.einsum("bqhk,hkd->bqd", out, self.out[...])
+    return (rows(out) @ self.out[...].reshape(-1, width)).reshape(b, n, width)
 
 
 class MLP(nnx.Module):
@@ -72,8 +87,9 @@ class MLP(nnx.Module):
                            kernel_init=nnx.with_partitioning(kinit, ("mlp", "embed")))
 
   def __call__(self, x):
-    # tanh-approximate GELU: ~5% faster on CPU than the erf form at equal quality.
-    return self.down(jax.nn.gelu(self.up(x), approximate=True))
+    # 2-D rows for the weight gradients' layout (see Attention); tanh-approximate GELU: ~5%
+    # faster on CPU than the erf form at equal quality.
+    return self.down(jax.nn.gelu(self.up(rows(x)), approximate=True)).reshape(x.shape)
 
 
 class Block(nnx.Module):
