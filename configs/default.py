@@ -63,7 +63,7 @@ def get_config(arg=None):
       stage("align", 4200, data=dict(tasks=ALIGN_TASKS, weights=weights(ALIGN_TASKS),
                                      num_negatives=0, instructions=False)),
       stage("finetune", 600, data=dict(num_negatives=2, instructions=True),
-            optimizer=dict(learning_rate=3e-4, warmup_steps=20)),
+            optimizer=dict(learning_rate=1e-4, warmup_steps=20)),
   ]
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 3
