@@ -7,6 +7,7 @@ import os
 import pytest
 
 from configs import tiny
+from configs.common import stage
 
 TASK = "emoji_image_to_name"
 
@@ -24,7 +25,8 @@ def test_trained_run_bundle_reproduces_the_trainers_eval(tmp_path, emoji_data_di
   c.data.update(batch_size=16, data_dir=emoji_data_dir, tokenizer_texts=2000,
                 instructions=True)
   c.loss.update(matryoshka_dims=(16, 32), matryoshka_weights=(1.0, 1.0))
-  c.train.update(steps=6, checkpoint_every=3, log_every=3, keep_checkpoints=2)
+  c.stages = [stage("train", 6)]  # one stage: tiny's two would end at step 300
+  c.train.update(checkpoint_every=3, log_every=3, keep_checkpoints=2)
   c.eval.update(dims=(16, 32), tasks=(TASK,))
   workdir = str(tmp_path / "run")
   train_and_evaluate(c, workdir)
