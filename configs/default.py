@@ -10,6 +10,9 @@ hard negatives, and stdlib docstrings <-> code. Every held-out test split is eva
 the end of each stage (eval/step_<N>.json), including the real ALSA / freedesktop
 recordings (an eval-only task: they share speech's train split).
 
+Audio goes through a pretrained Whisper tiny.en encoder (frozen; gemb/model/whisper.py),
+the one pretrained part: the rest of the model starts from scratch.
+
 The curriculum follows the Gemini Embedding recipe at CPU scale:
   align      pre-finetuning: many small single-task batches of plain pairs (no instructions,
              no hard negatives). Symmetric InfoNCE trains both directions of a pair at
@@ -33,6 +36,8 @@ ALIGN_TASKS = ("clipart_image_to_title", "clipart_keywords_to_image", "code_code
                "composed_image_text_to_image", "emoji_image_to_name", "speech_audio_to_text",
                "video_video_to_text", "video_narrated_to_text", "wordnet_word_to_definition",
                "wordnet_definition_to_example")
+# The pretrained Whisper encoder stays as it is (it also spares the backward pass through it).
+FROZEN = r"^audio/whisper/"
 
 
 def get_config(arg=None):
@@ -40,11 +45,17 @@ def get_config(arg=None):
   vocab = config_dict.FieldReference(4096)
   c.model = model_config(width=128, depth=2, heads=4, mlp_dim=512, embed_dim=256,
                          vocab_size=vocab, text_len=32, image_size=32, patch=8)
-  c.model.audio.num_samples = 32000  # 2 s at 16 kHz: most spoken names and captions
+  # Audio through a pretrained Whisper tiny encoder, frozen (measured at the end of a run,
+  # x chance R@1 vs linear log-mel patches: speech -> text 18 vs 12, text -> speech 14 vs 8,
+  # narrated video -> text 25 vs 15). 1.25 s covers the spoken names and most clips (median
+  # 0.9 s) at 60% of the encoder cost of 2 s.
+  c.model.audio.encoder = "whisper"
+  c.model.audio.num_samples = 20000
   c.model.video.frames = 4           # 4 frames x 16 patches: motion, at half the tokens of 8
   c.data.vocab_size = vocab
   # Task weights by how slowly each learns (measured: emoji names, speech, WordNet and code
-  # pairs need the most steps; video and composed pairs the fewest).
+  # pairs need the most steps; video and composed pairs the fewest). Speech at weight 1 on
+  # Whisper ended at 5x instead of 18x (and clip art at 2 no better than at 1.5).
   slow = {"code": 2.0, "wordnet": 2.0, "emoji": 2.0, "speech": 2.0, "clipart": 1.5}
   weights = lambda tasks: tuple(slow.get(t.split("_")[0], 1.0) for t in tasks)  # noqa: E731
   c.data.tasks = sources.TRAIN_TASKS
@@ -60,9 +71,10 @@ def get_config(arg=None):
   c.eval.tasks = tuple(sorted(sources.BUILTIN_TASKS))
 
   c.stages = [
-      stage("align", 4200, data=dict(tasks=ALIGN_TASKS, weights=weights(ALIGN_TASKS),
-                                     num_negatives=0, instructions=False)),
-      stage("finetune", 600, data=dict(num_negatives=2, instructions=True),
+      stage("align", 4200, freeze=FROZEN,
+            data=dict(tasks=ALIGN_TASKS, weights=weights(ALIGN_TASKS), num_negatives=0,
+                      instructions=False)),
+      stage("finetune", 600, freeze=FROZEN, data=dict(num_negatives=2, instructions=True),
             optimizer=dict(learning_rate=1e-4, warmup_steps=20)),
   ]
   c.train.checkpoint_every = 200

@@ -45,3 +45,41 @@ def log_mel(waveform, *, sample_rate, n_fft, hop, n_mels):
   power = jnp.abs(jnp.fft.rfft(framed * window, axis=-1)) ** 2
   mel = power @ mel_filterbank(n_fft, n_mels, sample_rate)
   return jnp.log(mel + 1e-6)
+
+
+def slaney_mel_filterbank(n_fft, n_mels, sample_rate):
+  """Slaney-scale, area-normalized mel filters, [n_fft // 2 + 1, n_mels] float32: librosa's
+  ``filters.mel`` defaults, the filterbank Whisper was trained with."""
+  def to_hz(mel):  # linear below 1 kHz, logarithmic above
+    return np.where(mel < 15.0, mel * 200.0 / 3, 1000.0 * np.exp(np.log(6.4) / 27.0 * (mel - 15.0)))
+
+  def to_mel(hz):
+    return np.where(hz < 1000.0, hz * 3 / 200.0, 15.0 + np.log(hz / 1000.0) / (np.log(6.4) / 27.0))
+
+  fft_freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+  hz_points = to_hz(np.linspace(0.0, to_mel(sample_rate / 2), n_mels + 2))
+  lower, center, upper = hz_points[:-2], hz_points[1:-1], hz_points[2:]
+  up = (fft_freqs[:, None] - lower) / (center - lower)
+  down = (upper - fft_freqs[:, None]) / (upper - center)
+  weights = np.maximum(0.0, np.minimum(up, down)) * (2.0 / (upper - lower))
+  return weights.astype(np.float32)
+
+
+def whisper_log_mel(waveform, *, n_mels=80):
+  """[..., N] float waveform at 16 kHz -> Whisper's log-mel features [..., N // 160, n_mels].
+
+  Whisper's transform: 25 ms Hann frames every 10 ms (reflect-padded, centered; the last
+  frame dropped), power spectrum, Slaney mel, log10, floored 8 below each clip's maximum,
+  then (x + 4) / 4.
+  """
+  n_fft, hop = 400, 160  # 25 ms, 10 ms
+  pad = [(0, 0)] * (waveform.ndim - 1) + [(n_fft // 2, n_fft // 2)]
+  padded = jnp.pad(waveform, pad, mode="reflect")
+  frames = waveform.shape[-1] // hop
+  index = np.arange(frames)[:, None] * hop + np.arange(n_fft)[None, :]
+  window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
+  power = jnp.abs(jnp.fft.rfft(padded[..., index] * window, axis=-1)) ** 2
+  mel = power @ slaney_mel_filterbank(n_fft, n_mels, 16000)
+  log_spec = jnp.log10(jnp.maximum(mel, 1e-10))
+  log_spec = jnp.maximum(log_spec, jnp.max(log_spec, axis=(-2, -1), keepdims=True) - 8.0)
+  return (log_spec + 4.0) / 4.0

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from gemb.model import audio_features
+from gemb.model import audio_features, whisper
 from gemb.batch import PAD_ID
 
 _EMBED_INIT = nnx.initializers.normal(0.02)
@@ -70,6 +70,12 @@ class ImageEmbedder(nnx.Module):
     return tokens, jnp.ones(tokens.shape[:-1], bool)
 
 
+def _check_num_samples(waveform, num_samples):
+  if waveform.shape[-1] != num_samples:
+    raise ValueError(f"audio has {waveform.shape[-1]} samples, model.audio.num_samples="
+                     f"{num_samples} (pad or crop in the data pipeline)")
+
+
 class AudioEmbedder(nnx.Module):
   """Waveforms [B, S, N] -> log-mel [F, M] -> (time x mel) patches -> linear + positions."""
 
@@ -86,9 +92,7 @@ class AudioEmbedder(nnx.Module):
 
   def __call__(self, waveform, length=None):
     c = self.cfg
-    if waveform.shape[-1] != c.num_samples:
-      raise ValueError(f"audio has {waveform.shape[-1]} samples, model.audio.num_samples="
-                       f"{c.num_samples} (pad or crop in the data pipeline)")
+    _check_num_samples(waveform, c.num_samples)
     feats = audio_features.log_mel(waveform, sample_rate=c.sample_rate, n_fft=c.n_fft, hop=c.hop,
                                    n_mels=c.n_mels)
     # log(1e-6) ~ -13.8 for silence, ~0-5 for speech: map to roughly unit scale.
@@ -140,6 +144,54 @@ class VideoEmbedder(nnx.Module):
     return tokens, jnp.ones(tokens.shape[:-1], bool)
 
 
-EMBEDDERS = {"text": TextEmbedder, "image": ImageEmbedder, "audio": AudioEmbedder,
+class WhisperAudioEmbedder(nnx.Module):
+  """Waveforms [B, S, N] -> Whisper log-mel -> a Whisper encoder (gemb/model/whisper.py) ->
+  ``whisper_pool`` frames averaged per token -> linear + positions.
+
+  The encoder's 50 frames per second are more tokens than the shared transformer needs;
+  averaging pairs (pool 2) gives 25 per second.
+  """
+
+  def __init__(self, cfg, width, *, rngs):
+    self.cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: the graphdef is a jit key
+    if cfg.sample_rate != 16000:
+      raise ValueError(f"model.audio.encoder='whisper' needs sample_rate=16000, got "
+                       f"{cfg.sample_rate}")
+    frames = cfg.num_samples // whisper.HOP // 2  # encoder frames (conv2 has stride 2)
+    if frames < cfg.whisper_pool or frames > whisper.TINY["max_frames"]:
+      raise ValueError(f"model.audio.num_samples={cfg.num_samples}: Whisper takes 0.04-30 s")
+    self.tokens = frames // cfg.whisper_pool
+    self.whisper = whisper.WhisperEncoder(**whisper.TINY, rngs=rngs)
+    self.proj = patch_projection(rngs, whisper.TINY["width"], width)
+    self.time = param(rngs, _EMBED_INIT, (self.tokens, width), ("positions", "embed"))
+
+  def __call__(self, waveform, length=None):
+    c = self.cfg
+    _check_num_samples(waveform, c.num_samples)
+    if length is not None:  # Whisper sees exact zeros after the clip, as in its training
+      waveform = jnp.where(jnp.arange(c.num_samples) < length[..., None], waveform, 0.0)
+    *lead, n = waveform.shape
+    mel = audio_features.whisper_log_mel(waveform.reshape(-1, n).astype(jnp.float32))
+    states = self.whisper(mel.astype(waveform.dtype))
+    pool, t = c.whisper_pool, self.tokens
+    states = states[:, :t * pool].reshape(-1, t, pool, states.shape[-1]).mean(axis=2)
+    tokens = self.proj(states).reshape(*lead, t, -1) + self.time[...]
+    if length is None:
+      return tokens, jnp.ones(tokens.shape[:-1], bool)
+    # A token is valid when its first sample is real audio (one encoder frame = 2 hops).
+    first_sample = jnp.arange(t) * pool * 2 * whisper.HOP
+    return tokens, first_sample < length[..., None]
+
+
+def audio_embedder(cfg, width, *, rngs):
+  """model.audio.encoder: "patches" (linear log-mel patches, trained from scratch) or
+  "whisper" (a pretrained Whisper encoder)."""
+  kinds = {"patches": AudioEmbedder, "whisper": WhisperAudioEmbedder}
+  if cfg.encoder not in kinds:
+    raise ValueError(f"model.audio.encoder={cfg.encoder!r}; choose one of {sorted(kinds)}")
+  return kinds[cfg.encoder](cfg, width, rngs=rngs)
+
+
+EMBEDDERS = {"text": TextEmbedder, "image": ImageEmbedder, "audio": audio_embedder,
              "video": VideoEmbedder}
 

@@ -3,12 +3,15 @@ the key, instead of after the tokenizer was trained or hours into a run.
 
 Unknown keys and wrong types given on the command line are already refused by
 ml-collections (locked config, typed fields); this covers what it cannot see: values out of
-their allowed set, stage overrides (gemb/train/curriculum.py), task names, Matryoshka dims
+their allowed set, a missing pretrained checkpoint, stage overrides (gemb/train/curriculum.py), task names, Matryoshka dims
 that the model cannot produce, and batches that the mesh cannot split.
 """
 
+import os
+
 from gemb.data.pipeline import get_tasks
 from gemb.eval.tasks import check_batch_size
+from gemb.model import whisper
 from gemb.train import curriculum
 
 CHOICES = {
@@ -17,6 +20,7 @@ CHOICES = {
     ("data", "builtin_config"): ("full", "small"),
     ("loss", "kind"): ("infonce", "sigmoid"),
     ("model", "pooling"): ("mean", "first", "attention"),
+    ("model", "audio", "encoder"): ("patches", "whisper"),
     ("soup", "kind"): ("last", "stages", "none"),
 }
 POSITIVE_INTS = (("train", "log_every"), ("train", "checkpoint_every"),
@@ -29,10 +33,14 @@ def _fail(where, key, message):
 
 
 def _check_section_values(config, where):
-  for (section, key), allowed in CHOICES.items():
-    if section in config and config[section][key] not in allowed:
-      raise _fail(where, f"{section}.{key}",
-                  f"{config[section][key]!r} is not one of {allowed}")
+  for path, allowed in CHOICES.items():
+    if path[0] not in config:
+      continue
+    value = config
+    for key in path:
+      value = value[key]
+    if value not in allowed:
+      raise _fail(where, ".".join(path), f"{value!r} is not one of {allowed}")
   for section, key in POSITIVE_INTS:
     value = config[section][key]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -68,6 +76,14 @@ def validate(config):
   for stage in stages:
     where = "" if len(stages) == 1 else f".stages[{stage.index}] ({stage.name!r})"
     _check_section_values(stage.config, where)
+  audio = config.model.audio
+  if "audio" in config.model.modalities and audio.encoder == "whisper":
+    try:
+      path = whisper.checkpoint_path(audio.whisper_checkpoint)
+    except ImportError as e:
+      raise _fail("", "model.audio.whisper_checkpoint", str(e)) from None
+    if not os.path.isfile(path):
+      raise _fail("", "model.audio.whisper_checkpoint", f"no CTranslate2 model.bin at {path}")
   soup = config.soup
   if soup.kind == "last" and not 0 < soup.num <= config.train.keep_checkpoints:
     raise _fail("", "soup.num", f"{soup.num} must be in [1, train.keep_checkpoints="

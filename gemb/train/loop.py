@@ -25,7 +25,7 @@ from gemb.train.checkpoint import Checkpointer
 from gemb.train.metrics import Window
 from gemb.train.optimizer import make_optimizer
 from gemb.train.preemption import PreemptionWatch
-from gemb.train.soup import load_init_params, soup_and_compare
+from gemb.train.soup import load_init_params, load_pretrained_params, soup_and_compare
 from gemb.train.state import create_train_state
 from gemb.train.step import make_train_step
 from gemb.train.summary import SummaryWriter
@@ -127,8 +127,10 @@ def train_and_evaluate(config, workdir):
     state = ckpt.restore_state(resumed, state)
     data_stage = ckpt.restore_meta(resumed)["stage_index"]
     logging.info("resumed from step %d (stage %s)", resumed, stages[data_stage].name)
-  elif config.init_from:
-    state["params"] = load_init_params(config.init_from, config.init_params, state["params"])
+  else:  # a fresh start: pretrained parts first, then another run's params on top
+    state["params"] = load_pretrained_params(config.model, state["params"])
+    if config.init_from:
+      state["params"] = load_init_params(config.init_from, config.init_params, state["params"])
 
   # ---- Train, stage by stage.
   evaluator = Evaluator(workdir, graphdef, mesh, tokenizer, writer)

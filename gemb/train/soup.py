@@ -1,4 +1,5 @@
-"""Parameters from elsewhere: model soups of checkpoints, and ``init_from`` another run.
+"""Parameters from elsewhere: model soups of checkpoints, ``init_from`` another run, and
+pretrained towers (a Whisper audio encoder) copied into a fresh model.
 
 Soup (Wortsman et al. 2022, as in the Gemini Embedding recipe): the uniform average of the
 parameters of several checkpoints of one run: the last ``soup.num`` checkpoints
@@ -16,6 +17,7 @@ from absl import logging
 
 from gemb import paths
 from gemb.eval import report
+from gemb.model import whisper
 from gemb.train.checkpoint import Checkpointer
 from gemb.train.curriculum import param_path
 
@@ -75,6 +77,41 @@ def load_init_params(path, pattern, params):
                len(flat))
   return jax.tree_util.tree_map_with_path(
       lambda p, x: restored.get(param_path(p), x), params)
+
+
+def pretrained_params(model_cfg):
+  """'path/of/param' -> numpy array of every pretrained part that ``model_cfg`` asks for."""
+  flat = {}
+  if "audio" in model_cfg.modalities and model_cfg.audio.encoder == "whisper":
+    tree = whisper.load_pretrained(model_cfg.audio.whisper_checkpoint)
+    flat.update({"audio/whisper/" + param_path(p): x
+                 for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]})
+  return flat
+
+
+def load_pretrained_params(model_cfg, params):
+  """``params`` (a fresh model's) with the pretrained parts of ``model_cfg`` copied in, each
+  laid out on its parameter's sharding."""
+  pretrained = pretrained_params(model_cfg)
+  if not pretrained:
+    return params
+  flat = {param_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  for path, value in pretrained.items():
+    if path not in flat:
+      raise ValueError(f"pretrained parameter {path} has no place in the model")
+    if value.shape != flat[path].shape:
+      raise ValueError(f"pretrained parameter {path} has shape {value.shape}, the model "
+                       f"{flat[path].shape}")
+  logging.info("pretrained: %d parameter arrays (%s)", len(pretrained),
+               ", ".join(sorted({"/".join(p.split("/")[:2]) for p in pretrained})))
+
+  def place(path, x):
+    value = pretrained.get(param_path(path))
+    if value is None:
+      return x
+    value = value.astype(x.dtype)
+    return jax.make_array_from_callback(x.shape, x.sharding, lambda index: value[index])
+  return jax.tree_util.tree_map_with_path(place, params)
 
 
 def _nest(flat):
