@@ -12,7 +12,10 @@ from absl import app
 
 import export_fixtures as fx
 from export_fixtures import bundle_dir, run_dir  # noqa: F401 (pytest fixtures)
+from configs import default
+from gemb.data import sources
 from gemb.train import soup
+from gemb.export import writer
 from gemb.export.__main__ import parse_slots, restore_target, run
 from gemb.serving import bundle
 
@@ -82,6 +85,18 @@ def test_bundle_files_manifest_and_checksums(bundle_dir, run_dir):
   flat = dict(zip(names, arrays))
   np.testing.assert_array_equal(flat["head/kernel"], fx.make_workdir(run_dir[0])[1][3]["head"]
                                 ["kernel"])
+
+
+def test_default_recipes_tasks_describe_themselves():
+  """Every task of configs/default.py (retrieval and zero-shot classification) goes into a
+  bundle's task table."""
+  tasks = writer.task_instructions(default.get_config())
+  assert tasks["emoji_group_zero_shot"] == {
+      "instruction": sources.BUILTIN_TASKS["emoji_group_zero_shot"].instruction,
+      "description": sources.BUILTIN_TASKS["emoji_group_zero_shot"].description,
+      "query": ["image"], "candidate": ["text"]}
+  assert tasks["video_narrated_to_text"]["query"] == ["video", "audio"]
+  assert set(tasks) == set(sources.BUILTIN_TASKS)
 
 
 def test_corrupt_bundle_is_refused(bundle_dir, tmp_path):

@@ -96,7 +96,9 @@ def task_instructions(config):
   names = dict.fromkeys(tuple(config.data.tasks) + tuple(config.eval.tasks))
   return {t.name: {"instruction": t.instruction, "description": t.description,
                    "query": [s.modality for s in t.query],
-                   "candidate": [s.modality for s in t.candidate]}
+                   # A zero-shot classification task's candidates are its text class prompts.
+                   "candidate": ([s.modality for s in t.candidate]
+                                 if hasattr(t, "candidate") else ["text"])}
           for t in get_tasks(config, names)}
 
 
