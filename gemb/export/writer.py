@@ -27,6 +27,7 @@ import gemb
 from gemb.batch import MODALITIES, PAD_ID
 from gemb.data.examples import InputShapes
 from gemb.data.pipeline import get_tasks
+from gemb.data.tasks import ClassificationSpec
 from gemb.model.embedder_model import MultimodalEmbedder
 from gemb.serving import bundle
 
@@ -97,8 +98,8 @@ def task_instructions(config):
   return {t.name: {"instruction": t.instruction, "description": t.description,
                    "query": [s.modality for s in t.query],
                    # A zero-shot classification task's candidates are its text class prompts.
-                   "candidate": ([s.modality for s in t.candidate]
-                                 if hasattr(t, "candidate") else ["text"])}
+                   "candidate": (["text"] if isinstance(t, ClassificationSpec)
+                                 else [s.modality for s in t.candidate])}
           for t in get_tasks(config, names)}
 
 

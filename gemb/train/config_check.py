@@ -3,8 +3,9 @@ the key, instead of after the tokenizer was trained or hours into a run.
 
 Unknown keys and wrong types given on the command line are already refused by
 ml-collections (locked config, typed fields); this covers what it cannot see: values out of
-their allowed set, a missing pretrained checkpoint, stage overrides (gemb/train/curriculum.py), task names, Matryoshka dims
-that the model cannot produce, and batches that the mesh cannot split.
+their allowed set, a missing pretrained checkpoint, stage overrides
+(gemb/train/curriculum.py), task names, Matryoshka dims that the model cannot produce, and
+batches that the mesh cannot split.
 """
 
 import os
