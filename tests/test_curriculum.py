@@ -96,6 +96,9 @@ def test_first_stage_cannot_continue_and_names_must_be_unique():
     (lambda c: setattr(c.soup, "num", 5), "soup.num"),
     (lambda c: setattr(c.train, "log_every", 0), "train.log_every"),
     (lambda c: setattr(c.train, "best_metric", "accuracy"), "train.best_metric"),
+    (lambda c: c.data.update(tasks=("labels",), weights=(1.0,), custom_tasks={"labels": dict(
+        kind="classification", dataset="emoji", query=("image:image",), label="group",
+        templates=("{}",))}), r"data.tasks: \['labels'\] are zero-shot"),
 ])
 def test_validate_names_the_bad_key(override, key):
   c = tiny.get_config()

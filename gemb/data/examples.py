@@ -141,10 +141,7 @@ class ExampleLoader:
 
   def load(self, index):
     """Record ``index`` of the source -> example dict (raises BadRecord)."""
-    try:
-      record = self.source[index]
-    except (OSError, ValueError, KeyError) as e:
-      raise BadRecord(f"{self._where(index)}: cannot read the record: {e}") from e
+    record = self.read(index)
     t = self.task
     example = {
         "query": self.side(record, index, t.query, self.instruction_ids),
@@ -156,6 +153,12 @@ class ExampleLoader:
     if self.num_negatives:
       example["negatives"], example["negative_id"] = self.negatives(record, index)
     return example
+
+  def read(self, index):
+    try:
+      return self.source[index]
+    except (OSError, ValueError, KeyError) as e:
+      raise BadRecord(f"{self._where(index)}: cannot read the record: {e}") from e
 
   def side(self, record, index, segments, instruction_ids):
     """Packs the segments of one side (after the instruction, if any) into slot arrays."""
@@ -202,3 +205,32 @@ class ExampleLoader:
     where = f"dataset {self.task.dataset!r} split {self.split!r} (task {self.task.name!r})"
     return where if index is None else f"{where} record {index}"
 
+
+
+class PromptExampleLoader(ExampleLoader):
+  """Train examples of a classification task (a ClassificationSpec with a train_split): a
+  record's query paired with one prompt of its class, template ``index % num_templates``,
+  so a class's records spread over all its prompts. Both ids are the class index: examples
+  of one class in a batch are not each other's negatives in either direction."""
+
+  def __init__(self, spec, source, records, tokenizer, shapes, *, classes, **kwargs):
+    super().__init__(spec.query_task(), source, records, tokenizer, shapes, **kwargs)
+    self.spec, self.class_index = spec, {c: i for i, c in enumerate(classes)}
+
+  def load(self, index):
+    record = self.read(index)
+    label = self.field(record, index, self.spec.label)
+    label = label.decode("utf-8") if isinstance(label, bytes) else str(label)
+    if label not in self.class_index:
+      raise BadRecord(f"{self._where(index)}: label {label!r} in field {self.spec.label!r} "
+                      f"is not among the task's classes {tuple(self.class_index)}")
+    prompts = self.spec.prompts(label)
+    prompt = prompts[index % len(prompts)]
+    class_id = np.int32(self.class_index[label])
+    return {
+        "query": self.side(record, index, self.task.query, self.instruction_ids),
+        "candidate": pack_side([("text", self.decode("text", prompt, index, "prompt"))]),
+        "query_id": class_id,
+        "candidate_id": class_id,
+        "task_index": np.int32(self.task_index),
+    }

@@ -1,5 +1,5 @@
 """Input pipelines: mixtures of tasks as train streams, whole splits as retrieval corpora
-(or zero-shot classification sets).
+(or classification sets).
 
 Owns which records each process reads, seeded shuffling that changes every epoch,
 batching, the weighted mixture of a stage's tasks, worker processes and resumable
@@ -27,8 +27,9 @@ import grain
 import numpy as np
 
 from gemb.data import sources
-from gemb.data.examples import BadRecord, ExampleLoader, InputShapes, side_slots
-from gemb.data.tasks import ClassificationSpec, Segment, TaskSpec
+from gemb.data.examples import (BadRecord, ExampleLoader, InputShapes, PromptExampleLoader,
+                                side_slots)
+from gemb.data.tasks import ClassificationSpec, Segment, TaskSpec, is_zero_shot
 
 # Records read ahead per process: enough to hide decode latency, small enough that large
 # media do not pile up in memory.
@@ -72,6 +73,14 @@ def get_tasks(config, names):
   return tasks
 
 
+def check_trainable(tasks):
+  """Raises naming the zero-shot classification tasks (no train_split) among ``tasks``."""
+  zero_shot = [t.name for t in tasks if is_zero_shot(t)]
+  if zero_shot:
+    raise ValueError(f"{zero_shot} are zero-shot classification tasks (no train_split), for "
+                     "evaluation only (put them in eval.tasks)")
+
+
 def open_split(config, task, split):
   return sources.open_source(task, split, config.data.data_dir, config.data.builtin_config)
 
@@ -94,11 +103,16 @@ def process_block(examples, local_batch, process_index, process_count):
 
 
 def make_loader(config, task, tokenizer, split, records, source, *, task_index=0, train=True):
+  """The example loader of a retrieval task, or of a classification task's train records."""
   d = config.data
-  return ExampleLoader(task, source, records, tokenizer, InputShapes.from_config(config),
-                       split=split, num_negatives=d.num_negatives if train else 0,
-                       on_bad_record=d.on_bad_record, task_index=task_index,
-                       instructions=d.instructions)
+  options = dict(split=split, num_negatives=d.num_negatives if train else 0,
+                 on_bad_record=d.on_bad_record, task_index=task_index,
+                 instructions=d.instructions)
+  shapes = InputShapes.from_config(config)
+  if isinstance(task, ClassificationSpec):
+    return PromptExampleLoader(task, source, records, tokenizer, shapes,
+                               classes=class_names(config, task), **options)
+  return ExampleLoader(task, source, records, tokenizer, shapes, **options)
 
 
 def _task_examples(config, task, tokenizer, *, seed, task_index):
@@ -114,6 +128,8 @@ def _task_examples(config, task, tokenizer, *, seed, task_index):
 
 def batch_structure(config, task):
   """What decides a batch's shapes: slot counts per side and the hard negatives."""
+  if isinstance(task, ClassificationSpec):
+    task = task.query_task()  # candidate: one text, the prompt
   negatives = config.data.num_negatives if task.negatives else 0
   return (tuple(side_slots(task.query, bool(task.instruction and config.data.instructions)
                            ).items()),
@@ -140,10 +156,10 @@ def train_dataset(config, tokenizer, *, seed, process_index=0, process_count=1):
   if d.mixing not in ("task", "example"):
     raise ValueError(f"data.mixing={d.mixing!r}; choose 'task' or 'example'")
   tasks = get_tasks(config, names)
-  eval_only = [t.name for t in tasks if isinstance(t, ClassificationSpec)]
-  if eval_only:
-    raise ValueError(f"data.tasks: {eval_only} are zero-shot classification tasks, for "
-                     "evaluation only (put them in eval.tasks)")
+  try:
+    check_trainable(tasks)
+  except ValueError as e:
+    raise ValueError(f"data.tasks: {e}") from None
   local_batch = d.batch_size // process_count
   per_task = [_task_examples(config, t, tokenizer, seed=seed, task_index=i)
               for i, t in enumerate(tasks)]
@@ -282,7 +298,8 @@ def tokenizer_corpus(config, names=None):
   texts = []
   for task in get_tasks(config, dict.fromkeys(names)):
     if isinstance(task, ClassificationSpec):
-      # Eval only: its prompts (the task's definition), never its queries (the eval data).
+      # Its prompts (the task's definition), never its queries (the eval data); training
+      # on it adds no other text.
       texts.extend([task.instruction] + [p for c in class_names(config, task)
                                          for p in task.prompts(c)])
       continue

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 
 from gemb.data import external
 from gemb.data.builtin import clipart, code, composed, emoji, speech, video, wordnet
-from gemb.data.tasks import ClassificationSpec
+from gemb.data.tasks import is_zero_shot
 
 # Name used in configs (data_config.dataset) -> builder class. New builders plug in here.
 BUILDERS = {
@@ -30,10 +30,11 @@ BUILDERS = {
 # Task name -> TaskSpec of every built-in dataset (each builder module declares its TASKS).
 BUILTIN_TASKS = {t.name: t for module in (emoji, clipart, composed, speech, video, wordnet, code)
                  for t in module.TASKS}
-# Built-in tasks that only evaluate: zero-shot classification has no training pairs, and the
-# real recordings of speech_real_audio_to_text share speech's train split.
+# Built-in tasks that only evaluate: zero-shot classification (no train_split) has no
+# training pairs, and the real recordings of speech_real_audio_to_text share speech's train
+# split.
 EVAL_ONLY_TASKS = frozenset(
-    {n for n, t in BUILTIN_TASKS.items() if isinstance(t, ClassificationSpec)}
+    {n for n, t in BUILTIN_TASKS.items() if is_zero_shot(t)}
     | {"speech_real_audio_to_text"})
 # What a recipe trains on when it trains on "every built-in task".
 TRAIN_TASKS = tuple(sorted(set(BUILTIN_TASKS) - EVAL_ONLY_TASKS))

@@ -17,9 +17,13 @@ Ids: ``query_id`` / ``candidate_id`` name integer fields; examples whose candida
 an id are false negatives of each other (masked by the loss), and evaluation treats every
 candidate with the query's relevant id as relevant.
 
-Zero-shot classification (``ClassificationSpec``) is evaluation only: each record's query
-is classified by the nearest class embedding, the mean embedding of the class's prompts
-(prompt ensembling, as in CLIP), e.g. "an emoji of {}" filled with the record's label.
+Classification by prompts (``ClassificationSpec``): each record's query is classified by the
+nearest class embedding, the mean embedding of the class's prompts (prompt ensembling, as
+in CLIP), e.g. "an emoji of {}" filled with the record's label. Zero-shot (evaluation
+only) unless the spec names a ``train_split``: then its train records also train, each
+paired with one prompt of its class (as FLYP fine-tunes CLIP on a classification set, and
+as Gemini Embedding's fine-tuning mixture holds classification data), with the class as
+both ids so that same-class examples of a batch are not each other's negatives.
 
 Built-in datasets declare their tasks next to their builders (``TASKS`` in each
 gemb/data/builtin/<name>.py); ``BUILTIN_TASKS`` collects them by name.
@@ -91,7 +95,8 @@ class TaskSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ClassificationSpec:
-  """Zero-shot classification over one dataset: each record is a query, each class a prompt set."""
+  """Classification over one dataset by prompts: each record is a query, each class a prompt
+  set."""
   name: str                       # unique, e.g. "emoji_group_zero_shot"
   dataset: str                    # as TaskSpec.dataset
   query: tuple[Segment, ...]      # segments of a query, in order
@@ -103,6 +108,9 @@ class ClassificationSpec:
   lowercase: bool = False         # lower-case class names in prompts
   instruction: str = ""           # prefixed to the query as a leading text segment
   eval_split: str = "test"
+  # None: zero-shot, evaluation only. A split name: its records also train (record -> one
+  # prompt of its class); their labels must be among the classes.
+  train_split: str | None = None
   description: str = ""
   fields: tuple | None = None     # as TaskSpec.fields
 
@@ -138,3 +146,8 @@ class ClassificationSpec:
   def modalities(self):
     """Modalities used on any side (the prompts are text)."""
     return sorted({s.modality for s in self.query} | {"text"})
+
+
+def is_zero_shot(task) -> bool:
+  """A classification task without a train split: evaluation only."""
+  return isinstance(task, ClassificationSpec) and not task.train_split

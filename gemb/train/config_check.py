@@ -10,7 +10,7 @@ batches that the mesh cannot split.
 
 import os
 
-from gemb.data.pipeline import get_tasks
+from gemb.data.pipeline import check_trainable, get_tasks
 from gemb.eval.tasks import check_batch_size
 from gemb.model import whisper
 from gemb.train import curriculum
@@ -62,9 +62,14 @@ def _check_section_values(config, where):
   if config.eval.every < 0:
     raise _fail(where, "eval.every", f"must be >= 0, got {config.eval.every}")
   try:
-    get_tasks(config, tuple(config.data.tasks) + tuple(config.eval.tasks))
+    train_tasks = get_tasks(config, tuple(config.data.tasks))
+    get_tasks(config, tuple(config.eval.tasks))
   except ValueError as e:
     raise _fail(where, "data.tasks / eval.tasks", str(e)) from None
+  try:
+    check_trainable(train_tasks)
+  except ValueError as e:
+    raise _fail(where, "data.tasks", str(e)) from None
   if config.eval.tasks and config.train.best_metric not in (
       "R@1", "R@5", "R@10", "NDCG@10", "MRR@10", "mAP"):
     raise _fail(where, "train.best_metric", f"{config.train.best_metric!r} is not a "

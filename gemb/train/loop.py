@@ -79,14 +79,17 @@ class Evaluator:
 
   def __call__(self, config, step, stage_name, params, *, name=None):
     """-> (results, score): score = the mean of train.best_metric over the retrieval tasks
-    (None, None) when the stage has no eval tasks."""
+    (None when none reports it, e.g. only classification tasks: the checkpoint is then not
+    ranked); (None, None) when the stage has no eval tasks."""
     if not config.eval.tasks:
       return None, None
     results = evaluate_dims(self.graphdef, params, self.mesh, self.corpora_for(config),
                             config.eval.dims, config.eval.batch_size)
-    score = float(np.mean(report.metric_values(results, config.train.best_metric)))
+    values = report.metric_values(results, config.train.best_metric)
+    score = float(np.mean(values)) if values else None
     if name is None:
-      self.writer.scalars(step, report.eval_scalars(results) | {"eval/score": score})
+      self.writer.scalars(step, report.eval_scalars(results)
+                          | ({} if score is None else {"eval/score": score}))
     if jax.process_index() == 0:
       path = report.write_eval_json(self.workdir, step, stage_name, results, name=name)
       logging.info("eval (%s) at step %d -> %s\n%s", stage_name, step, path,
