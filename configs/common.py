@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from gemb.train import curriculum
+
 
 def model_config(*, width, depth, heads, mlp_dim, embed_dim, vocab_size, text_len, image_size,
                  patch, modalities=("text", "image", "audio", "video")):
@@ -49,5 +51,10 @@ def distributed_config(*, heartbeat_timeout_s=100, shutdown_timeout_s=300,
 
 def stage(name, steps, *, freeze="", **sections):
   """One curriculum stage (gemb/train/curriculum.py): ``data`` / ``loss`` / ``optimizer`` /
-  ``eval`` dicts override the config's top-level sections for this stage only."""
+  ``eval`` dicts override the config's top-level sections for this stage only.
+
+  Every section is present, empty when the stage keeps the top level's, so that the
+  command line can override any key for one stage: --config.stages[1].loss.kind=sigmoid.
+  """
+  sections = {section: {} for section in curriculum.SECTIONS} | sections
   return ml_collections.ConfigDict(dict(name=name, steps=steps, freeze=freeze, **sections))

@@ -3,13 +3,23 @@
 Rerunning the same command resumes from the latest checkpoint in --workdir.
 """
 
+import difflib
 import logging as py_logging
+import re
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+from ml_collections.config_flags import config_path
 
+from gemb.train.curriculum import SECTIONS
+
+# New keys are accepted only inside a stage's sections: --config.stages[1].loss.kind=sigmoid
+# sets loss.kind for that stage alone (curriculum checks such a key and its type against
+# the top-level section). Every other override must name a key of the config file
+# (check_overrides), so a typo still fails before any work.
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<name>.py).",
-                                          lock_config=True)
+                                          lock_config=False, accept_new_attributes=True)
+_STAGE_SECTION_KEY = re.compile(r"stages\[\d+\]\.(%s)\." % "|".join(SECTIONS))
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and eval results.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -25,9 +35,30 @@ class _QuietLibraries(py_logging.Filter):
         n in record.pathname for n in self.NOISY)
 
 
+def check_overrides(config_flag):
+  """Raises app.UsageError naming an override that is no key of the config file."""
+  schema = config_flag.parser.parse(config_flag.config_filename)  # before any override
+  for path in config_flags.get_override_values(config_flag):
+    if _STAGE_SECTION_KEY.match(path):
+      continue
+    try:
+      config_path.get_value(path, schema)
+    except (KeyError, AttributeError, IndexError):
+      parent, _, key = path.rpartition(".")
+      try:
+        keys = list(config_path.get_value(parent, schema).keys()) if parent else list(schema)
+      except (KeyError, AttributeError, IndexError, TypeError):
+        keys = []
+      close = difflib.get_close_matches(key, keys, n=1)
+      hint = f"; did you mean {close[0]!r}?" if close else ""
+      raise app.UsageError(f"--config.{path}: {config_flag.config_filename} has no key "
+                           f"{path!r}{hint}") from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  check_overrides(flags.FLAGS["config"])
   from gemb import distributed  # pylint: disable=g-import-not-at-top
   from gemb.train.loop import train_and_evaluate  # after absl parsed flags (grain workers)
   logging.set_verbosity(logging.INFO)

@@ -67,9 +67,28 @@ def test_tiny_two_stage_run_learns_logs_and_soups(tmp_path, emoji_data_dir):
 def test_config_typo_fails_before_any_work(tmp_path):
   for flag, words in (("--config.optimizer.warmup_stepz=5", ("warmup_stepz", "warmup_steps")),
                       ("--config.stages[1].steps=abc", ("steps", "abc")),
-                      ("--config.data.mixing=exemple", ("data.mixing", "exemple"))):
+                      ("--config.data.mixing=exemple", ("data.mixing", "exemple")),
+                      ("--config.stages[0].data.batch_sise=3", ("stages[0]", "batch_sise")),
+                      ("--config.stages[1].loss.kind=3", ("stages[1]", "loss.kind=3"))):
     out = subprocess.run(main_command(str(tmp_path / "run"), str(tmp_path / "data"), flag),
                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert all(w in out.stderr for w in words), (flag, out.stderr[-2000:])
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_any_stage_key_can_be_overridden_from_the_command_line():
+  """--config.stages[i].<section>.<key> sets a key for one stage, also one the stage's dict
+  does not name (it inherits the top level's); the other stage keeps its own value."""
+  code = ("import sys; from absl import flags; from gemb import main; "
+          "from gemb.train import curriculum; flags.FLAGS(sys.argv); "
+          "main.check_overrides(flags.FLAGS['config']); "
+          "print([(s.config.loss.kind, s.config.data.batch_size) "
+          "for s in curriculum.resolve_stages(flags.FLAGS.config)])")
+  out = subprocess.run([sys.executable, "-c", code, "--config=configs/tiny.py", "--workdir=/x",
+                        "--config.stages[1].loss.kind=sigmoid",
+                        "--config.stages[0].data.batch_size=32"],
+                       cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  # tiny: both stages inherit loss.kind="infonce"; stage 1 sets its own batch_size=64.
+  assert out.stdout.strip().splitlines()[-1] == "[('infonce', 32), ('sigmoid', 64)]"
