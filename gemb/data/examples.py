@@ -206,6 +206,10 @@ class ExampleLoader:
     return where if index is None else f"{where} record {index}"
 
 
+def label_text(value):
+  """A label field's value (UTF-8 bytes from TFDS, or str / int) as a class name."""
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
 
 class PromptExampleLoader(ExampleLoader):
   """Train examples of a classification task (a ClassificationSpec with a train_split): a
@@ -219,8 +223,7 @@ class PromptExampleLoader(ExampleLoader):
 
   def load(self, index):
     record = self.read(index)
-    label = self.field(record, index, self.spec.label)
-    label = label.decode("utf-8") if isinstance(label, bytes) else str(label)
+    label = label_text(self.field(record, index, self.spec.label))
     if label not in self.class_index:
       raise BadRecord(f"{self._where(index)}: label {label!r} in field {self.spec.label!r} "
                       f"is not among the task's classes {tuple(self.class_index)}")

@@ -28,7 +28,7 @@ import numpy as np
 
 from gemb.data import sources
 from gemb.data.examples import (BadRecord, ExampleLoader, InputShapes, PromptExampleLoader,
-                                side_slots)
+                                label_text, side_slots)
 from gemb.data.tasks import ClassificationSpec, Segment, TaskSpec, is_zero_shot
 
 # Records read ahead per process: enough to hide decode latency, small enough that large
@@ -246,7 +246,7 @@ def classification_corpus(config, task, tokenizer, split=None):
   queries, names = [], []
   for index, example in _usable_examples(loader, config.data.on_bad_record):
     queries.append(example["query"])
-    names.append(_text(source[index][task.label]))
+    names.append(label_text(source[index][task.label]))
   if not queries:
     raise ValueError(f"task {task.name!r} split {split!r} has no usable records")
   classes = _classes(task, names)
@@ -274,15 +274,11 @@ def class_names(config, task):
   source = open_split(config, task, task.eval_split)
   records = (source[i] for i in range(len(source)))
   # Records without a label are left to classification_corpus, which names them.
-  return _classes(task, [_text(r[task.label]) for r in records if task.label in r])
+  return _classes(task, [label_text(r[task.label]) for r in records if task.label in r])
 
 
 def _classes(task, labels):
   return task.classes or tuple(sorted(set(labels)))
-
-
-def _text(value):
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _stack(sides):
