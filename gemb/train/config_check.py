@@ -12,7 +12,7 @@ import os
 
 from gemb.data.pipeline import check_trainable, get_tasks
 from gemb.eval.tasks import check_batch_size
-from gemb.model import whisper
+from gemb.model import efficientnet, whisper
 from gemb.train import curriculum
 
 CHOICES = {
@@ -22,6 +22,7 @@ CHOICES = {
     ("loss", "kind"): ("infonce", "sigmoid"),
     ("model", "pooling"): ("mean", "first", "attention"),
     ("model", "audio", "encoder"): ("patches", "whisper"),
+    ("model", "image", "encoder"): ("patches", "efficientnet_lite0"),
     ("soup", "kind"): ("last", "stages", "none"),
 }
 POSITIVE_INTS = (("train", "log_every"), ("train", "checkpoint_every"),
@@ -90,6 +91,17 @@ def validate(config):
       raise _fail("", "model.audio.whisper_checkpoint", str(e)) from None
     if not os.path.isfile(path):
       raise _fail("", "model.audio.whisper_checkpoint", f"no CTranslate2 model.bin at {path}")
+  image = config.model.image
+  if "image" in config.model.modalities and image.encoder == "efficientnet_lite0":
+    try:
+      efficientnet.feature_shape(image.efficientnet_blocks, image.size)
+      path = efficientnet.checkpoint_path(image.efficientnet_checkpoint)
+    except (ImportError, ValueError) as e:
+      key = "checkpoint" if isinstance(e, ImportError) else "blocks"
+      raise _fail("", f"model.image.efficientnet_{key}", str(e)) from None
+    if not os.path.isfile(path):
+      raise _fail("", "model.image.efficientnet_checkpoint",
+                  f"no EfficientNet-Lite0 state dict at {path}")
   soup = config.soup
   if soup.kind == "last" and not 0 < soup.num <= config.train.keep_checkpoints:
     raise _fail("", "soup.num", f"{soup.num} must be in [1, train.keep_checkpoints="

@@ -1,5 +1,6 @@
 """Parameters from elsewhere: model soups of checkpoints, ``init_from`` another run, and
-pretrained towers (a Whisper audio encoder) copied into a fresh model.
+pretrained towers (a Whisper audio encoder, an EfficientNet-Lite0 image encoder) copied into a
+fresh model.
 
 Soup (Wortsman et al. 2022, as in the Gemini Embedding recipe): the uniform average of the
 parameters of several checkpoints of one run: the last ``soup.num`` checkpoints
@@ -17,7 +18,7 @@ from absl import logging
 
 from gemb import paths
 from gemb.eval import report
-from gemb.model import whisper
+from gemb.model import efficientnet, whisper
 from gemb.train.checkpoint import Checkpointer
 from gemb.train.curriculum import param_path
 
@@ -85,6 +86,11 @@ def pretrained_params(model_cfg):
   if "audio" in model_cfg.modalities and model_cfg.audio.encoder == "whisper":
     tree = whisper.load_pretrained(model_cfg.audio.whisper_checkpoint)
     flat.update({"audio/whisper/" + param_path(p): x
+                 for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]})
+  image = model_cfg.image
+  if "image" in model_cfg.modalities and image.encoder == "efficientnet_lite0":
+    tree = efficientnet.load_pretrained(image.efficientnet_checkpoint, image.efficientnet_blocks)
+    flat.update({"image/efficientnet/" + param_path(p): x
                  for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]})
   return flat
 
