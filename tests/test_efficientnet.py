@@ -5,13 +5,14 @@ photographs."""
 import pickle
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 from sklearn.datasets import load_sample_images
 
 from gemb.batch import IMAGE, TEXT
-from gemb.model import efficientnet, torch_file
+from gemb.model import efficientnet, embedders, torch_file
 from gemb.model.embedder_model import MultimodalEmbedder
 from gemb.train import config_check
 
@@ -138,3 +139,13 @@ def test_bad_efficientnet_settings_fail_before_any_work(tmp_path):
   c.model.image.encoder = "resnet"
   with pytest.raises(ValueError, match=r"model.image.encoder: 'resnet' is not one of"):
     config_check.validate(c)
+
+
+def test_a_config_from_before_the_encoder_key_builds_patches():
+  """config.json of runs made before model.image.encoder existed still evaluates/exports."""
+  c = tiny.get_config()
+  model_cfg = dict(c.model.to_dict(), modalities=("text", "image", "audio"))
+  del model_cfg["image"]["encoder"], model_cfg["audio"]["encoder"]
+  model = MultimodalEmbedder(ml_collections.ConfigDict(model_cfg), rngs=nnx.Rngs(0))
+  assert isinstance(model.image, embedders.ImageEmbedder)
+  assert isinstance(model.audio, embedders.AudioEmbedder)

@@ -95,13 +95,19 @@ class EfficientNetImageEmbedder(nnx.Module):
     return tokens, jnp.ones(tokens.shape[:-1], bool)
 
 
+def encoder_name(cfg):
+  """``cfg.encoder`` of a modality's config; "patches" when the key is missing, so the runs
+  (config.json) of gemb versions that only had patches still evaluate, export and resume."""
+  return cfg.get("encoder", "patches")
+
+
 def _by_encoder(modality, kinds):
   """The embedder factory of a modality whose ``cfg.encoder`` picks one of ``kinds``."""
   def make(cfg, width, *, rngs):
-    if cfg.encoder not in kinds:
-      raise ValueError(f"model.{modality}.encoder={cfg.encoder!r}; choose one of "
-                       f"{sorted(kinds)}")
-    return kinds[cfg.encoder](cfg, width, rngs=rngs)
+    encoder = encoder_name(cfg)
+    if encoder not in kinds:
+      raise ValueError(f"model.{modality}.encoder={encoder!r}; choose one of {sorted(kinds)}")
+    return kinds[encoder](cfg, width, rngs=rngs)
   return make
 
 

@@ -19,6 +19,7 @@ from absl import logging
 from gemb import paths
 from gemb.eval import report
 from gemb.model import efficientnet, whisper
+from gemb.model.embedders import encoder_name
 from gemb.train.checkpoint import Checkpointer
 from gemb.train.curriculum import param_path
 
@@ -83,12 +84,12 @@ def load_init_params(path, pattern, params):
 def pretrained_params(model_cfg):
   """'path/of/param' -> numpy array of every pretrained part that ``model_cfg`` asks for."""
   flat = {}
-  if "audio" in model_cfg.modalities and model_cfg.audio.encoder == "whisper":
+  if "audio" in model_cfg.modalities and encoder_name(model_cfg.audio) == "whisper":
     tree = whisper.load_pretrained(model_cfg.audio.whisper_checkpoint)
     flat.update({"audio/whisper/" + param_path(p): x
                  for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]})
   image = model_cfg.image
-  if "image" in model_cfg.modalities and image.encoder == "efficientnet_lite0":
+  if "image" in model_cfg.modalities and encoder_name(image) == "efficientnet_lite0":
     tree = efficientnet.load_pretrained(image.efficientnet_checkpoint, image.efficientnet_blocks)
     flat.update({"image/efficientnet/" + param_path(p): x
                  for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]})
