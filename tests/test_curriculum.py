@@ -7,7 +7,7 @@ import pytest
 
 from configs import default, tiny
 from configs.common import stage
-from gemb.train import config_check, curriculum
+from gemb.train import config_check, curriculum, loop
 
 
 def two_stage_config():
@@ -122,3 +122,23 @@ def test_frozen_mask_matches_paths():
   assert not any(jax.tree.leaves(curriculum.frozen_mask(params, "")))
   with pytest.raises(ValueError, match="matches no parameter"):
     curriculum.frozen_mask(params, "^audio/")
+
+
+def test_each_stage_evaluates_on_inputs_built_with_its_own_data_settings(monkeypatch):
+  """The default recipe's finetune stage turns instructions on: its eval must not reuse the
+  align stage's corpora (built without them), and a stage with the same settings must."""
+  built = []
+
+  def fake_load_tasks(config, tokenizer, names):
+    built.append((tuple(names), config.data.instructions))
+    return {t: (t, config.data.instructions) for t in names}
+
+  monkeypatch.setattr(loop, "load_tasks", fake_load_tasks)
+  evaluator = loop.Evaluator("/unused", None, None, None, None)
+  align, finetune = (s.config for s in curriculum.resolve_stages(default.get_config()))
+  assert not align.data.instructions and finetune.data.instructions
+  tasks = tuple(align.eval.tasks)
+  assert set(evaluator.corpora_for(align).values()) == {(t, False) for t in tasks}
+  assert set(evaluator.corpora_for(finetune).values()) == {(t, True) for t in tasks}
+  assert set(evaluator.corpora_for(align).values()) == {(t, False) for t in tasks}
+  assert built == [(tasks, False), (tasks, True)]  # each built once

@@ -65,17 +65,29 @@ def load_or_train_tokenizer(config, stages, workdir):
   return tok
 
 
+# The data settings that shape an eval corpus besides its task (a stage may change them: the
+# default recipe's finetune stage turns instructions on); the model's input shapes are the
+# same in every stage.
+CORPUS_SETTINGS = ("instructions", "builtin_config", "data_dir", "on_bad_record",
+                   "max_text_chars", "max_audio_seconds", "max_video_frames")
+
+
 class Evaluator:
-  """Evaluates a stage's eval tasks at every configured dim; caches corpora across stages."""
+  """Evaluates a stage's eval tasks at every configured dim, on the stage's own inputs;
+  caches each corpus across stages that build it the same way."""
 
   def __init__(self, workdir, graphdef, mesh, tokenizer, writer):
     self.workdir, self.graphdef, self.mesh = workdir, graphdef, mesh
     self.tokenizer, self.writer, self.corpora = tokenizer, writer, {}
 
   def corpora_for(self, config):
-    missing = [t for t in config.eval.tasks if t not in self.corpora]
-    self.corpora.update(load_tasks(config, self.tokenizer, missing) if missing else {})
-    return {t: self.corpora[t] for t in config.eval.tasks}
+    setting = tuple(config.data[k] for k in CORPUS_SETTINGS)
+    keys = {t: (t, setting) for t in config.eval.tasks}
+    missing = [t for t, key in keys.items() if key not in self.corpora]
+    if missing:
+      loaded = load_tasks(config, self.tokenizer, missing)
+      self.corpora.update({keys[t]: loaded[t] for t in missing})
+    return {t: self.corpora[key] for t, key in keys.items()}
 
   def __call__(self, config, step, stage_name, params, *, name=None):
     """-> (results, score): score = the mean of train.best_metric over the retrieval tasks
