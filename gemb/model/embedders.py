@@ -45,53 +45,62 @@ class TextEmbedder(nnx.Module):
     return tokens, ids != PAD_ID
 
 
-class ImageEmbedder(nnx.Module):
+class _GridImages(nnx.Module):
+  """What both image embedders share: images of model.image.size in, one token per cell of a
+  square grid out, each with a learned row + column position."""
+
+  def _init_positions(self, rngs, grid, width):
+    self.row = param(rngs, _EMBED_INIT, (grid, width), ("positions", "embed"))
+    self.col = param(rngs, _EMBED_INIT, (grid, width), ("positions", "embed"))
+
+  def _check_size(self, images):
+    h, w = images.shape[-3:-1]
+    if (h, w) != (self.size, self.size):
+      raise ValueError(f"image shape {(h, w)} != model.image.size {self.size}")
+
+  def _positions(self):  # [grid * grid, width], row-major like the tokens
+    return (self.row[...][:, None] + self.col[...][None, :]).reshape(-1, self.row.shape[-1])
+
+
+class ImageEmbedder(_GridImages):
   """Images [B, S, H, W, 3] -> non-overlapping patches -> linear + row/column positions."""
 
   def __init__(self, cfg, width, *, rngs):
     self.patch, self.size = cfg.patch, cfg.size
     if cfg.size % cfg.patch:
       raise ValueError(f"model.image.size={cfg.size} is not a multiple of patch={cfg.patch}")
-    grid = cfg.size // cfg.patch
     self.proj = patch_projection(rngs, cfg.patch * cfg.patch * 3, width)
-    self.row = param(rngs, _EMBED_INIT, (grid, width), ("positions", "embed"))
-    self.col = param(rngs, _EMBED_INIT, (grid, width), ("positions", "embed"))
+    self._init_positions(rngs, cfg.size // cfg.patch, width)
 
   def __call__(self, images, length=None):
     del length
-    *lead, h, w, c = images.shape
-    if (h, w) != (self.size, self.size):
-      raise ValueError(f"image shape {(h, w)} != model.image.size {self.size}")
+    self._check_size(images)
+    *lead, _, _, c = images.shape
     p, g = self.patch, self.size // self.patch
     x = images.reshape(*lead, g, p, g, p, c)
     x = jnp.moveaxis(x, -4, -3).reshape(*lead, g * g, p * p * c)
-    pos = (self.row[...][:, None] + self.col[...][None, :]).reshape(g * g, -1)
-    tokens = self.proj(x) + pos
+    tokens = self.proj(x) + self._positions()
     return tokens, jnp.ones(tokens.shape[:-1], bool)
 
 
-class EfficientNetImageEmbedder(nnx.Module):
+class EfficientNetImageEmbedder(_GridImages):
   """Images [B, S, H, W, 3] -> the first ``efficientnet_blocks`` blocks of a pretrained
   EfficientNet-Lite0 (gemb/model/efficientnet.py) -> one token per feature-map cell ->
   linear + row/column positions."""
 
   def __init__(self, cfg, width, *, rngs):
     self.size = cfg.size
-    self.grid, channels = efficientnet.feature_shape(cfg.efficientnet_blocks, cfg.size)
+    grid, channels = efficientnet.feature_shape(cfg.efficientnet_blocks, cfg.size)
     self.efficientnet = efficientnet.EfficientNetLite0(cfg.efficientnet_blocks, rngs=rngs)
     self.proj = patch_projection(rngs, channels, width)
-    self.row = param(rngs, _EMBED_INIT, (self.grid, width), ("positions", "embed"))
-    self.col = param(rngs, _EMBED_INIT, (self.grid, width), ("positions", "embed"))
+    self._init_positions(rngs, grid, width)
 
   def __call__(self, images, length=None):
     del length
+    self._check_size(images)
     *lead, h, w, c = images.shape
-    if (h, w) != (self.size, self.size):
-      raise ValueError(f"image shape {(h, w)} != model.image.size {self.size}")
     features = self.efficientnet(images.reshape(-1, h, w, c))
-    g = self.grid
-    pos = (self.row[...][:, None] + self.col[...][None, :]).reshape(g * g, -1)
-    tokens = self.proj(features.reshape(*lead, g * g, features.shape[-1])) + pos
+    tokens = self.proj(features.reshape(*lead, -1, features.shape[-1])) + self._positions()
     return tokens, jnp.ones(tokens.shape[:-1], bool)
 
 

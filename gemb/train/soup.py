@@ -83,17 +83,15 @@ def load_init_params(path, pattern, params):
 
 def pretrained_params(model_cfg):
   """'path/of/param' -> numpy array of every pretrained part that ``model_cfg`` asks for."""
-  flat = {}
+  parts = {}  # the model's path of a pretrained part -> its parameter tree
   if "audio" in model_cfg.modalities and encoder_name(model_cfg.audio) == "whisper":
-    tree = whisper.load_pretrained(model_cfg.audio.whisper_checkpoint)
-    flat.update({"audio/whisper/" + param_path(p): x
-                 for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]})
+    parts["audio/whisper"] = whisper.load_pretrained(model_cfg.audio.whisper_checkpoint)
   image = model_cfg.image
   if "image" in model_cfg.modalities and encoder_name(image) == "efficientnet_lite0":
-    tree = efficientnet.load_pretrained(image.efficientnet_checkpoint, image.efficientnet_blocks)
-    flat.update({"image/efficientnet/" + param_path(p): x
-                 for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]})
-  return flat
+    parts["image/efficientnet"] = efficientnet.load_pretrained(
+        image.efficientnet_checkpoint, image.efficientnet_blocks)
+  return {f"{prefix}/{param_path(p)}": x for prefix, tree in parts.items()
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def load_pretrained_params(model_cfg, params):
