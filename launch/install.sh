@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the built-in datasets are built from (see README "Data").
 pkgs="fonts-noto-color-emoji unicode-data openclipart-png openclipart-svg espeak-ng wordnet-base
-      alsa-utils sound-theme-freedesktop dict-freedict-deu-eng dict-freedict-fra-eng
-      dict-freedict-spa-eng"
+      alsa-utils sound-theme-freedesktop yaru-theme-sound deepin-sound-theme
+      dict-freedict-deu-eng dict-freedict-fra-eng dict-freedict-spa-eng"
 missing=$(for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
 if [ -n "$missing" ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

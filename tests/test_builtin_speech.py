@@ -10,7 +10,7 @@ import soundfile
 from gemb.data.builtin import speech
 from gemb.data.media.audio import load_audio
 
-SPLITS = ("train", "validation", "test", "real")
+SPLITS = ("train", "validation", "test", "real", "real_train")
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +141,7 @@ def test_split_sizes(builder, records, small_texts):
   assert len(records["validation"]) == speech.VALIDATION_VOICES * per_split["validation"] > 0
   assert len(records["test"]) == speech.TEST_VOICES * per_split["test"] > 0
   assert len(records["real"]) == len(speech.real_sounds()) >= 30
+  assert len(records["real_train"]) == len(speech.other_theme_sounds()) >= 30
 
 
 def test_splits_disjoint_by_text(records, small_texts):
@@ -185,7 +186,7 @@ def test_audio_decodes_with_load_audio(records):
       assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
       wave, length = load_audio(r["audio"], sample_rate=16000, num_samples=16000 * 8)
       # Even one word takes 0.2 s to say; some sound events are shorter (a bell: 0.07 s).
-      assert (0.2 * 16000 if split != "real" else 0) < length <= 16000 * 8
+      assert (0.2 * 16000 if not split.startswith("real") else 0) < length <= 16000 * 8
       assert np.abs(wave[:length]).max() > 0.05  # a sound, not silence
 
 
@@ -207,6 +208,29 @@ def test_real_split(records):
   samples, rate = soundfile.read("/usr/share/sounds/alsa/Front_Left.wav")
   stored, _ = soundfile.read(io.BytesIO(front["audio"]))
   assert len(stored) == pytest.approx(len(samples) * 16000 / rate, abs=1)
+
+
+def test_real_train_split_holds_other_themes_events(records):
+  """real_train: the Yaru and deepin themes' sounds, named by event as the freedesktop theme
+  names its own; no recording of the "real" split, and one id per event name."""
+  train = {r["source"].decode(): r for r in records["real_train"]}
+  themes = {path.split("/")[4] for path in train}
+  assert themes == {"Yaru", "deepin"}
+  assert not set(train) & {r["source"].decode() for r in records["real"]}
+  assert text_of(train["/usr/share/sounds/Yaru/stereo/dialog-warning.oga"]) == "dialog warning"
+  assert text_of(train["/usr/share/sounds/deepin/stereo/x-deepin-app-sent-to-desktop.wav"]) == (
+      "app sent to desktop")
+  yaru, deepin = (train[f"/usr/share/sounds/{t}/stereo/device-added.{e}"]
+                  for t, e in (("Yaru", "oga"), ("deepin", "wav")))
+  assert yaru["item_id"] == deepin["item_id"] >= speech.REAL_TRAIN_ID_BASE
+  assert {r["kind"] for r in train.values()} == {b"sound_event"}
+  ids = {}
+  for r in records["real_train"]:
+    assert ids.setdefault(text_of(r), r["item_id"]) == r["item_id"]
+  assert len(set(ids.values())) == len(ids)
+  # Events both sides name alike: the transfer the task measures.
+  real_events = {text_of(r) for r in records["real"] if r["kind"] == b"sound_event"}
+  assert {"dialog warning", "trash empty", "camera shutter"} <= real_events & set(ids)
 
 
 def test_rebuilt_items_are_byte_identical(records):
@@ -236,4 +260,4 @@ def test_tasks_read_existing_fields(builder, records):
     for seg in task.query + task.candidate:
       assert seg.field in record
     assert isinstance(record[task.query_id], int)
-  assert speech.TASKS[2].eval_split == "real"
+  assert (speech.TASKS[2].train_split, speech.TASKS[2].eval_split) == ("real_train", "real")

@@ -187,7 +187,7 @@ def test_bad_records_and_kinds_are_named(tmp_path, tokenizer):
 def test_which_classification_tasks_train(colors_dir, tokenizer):
   """Zero-shot classification (no train_split) is eval only; with a train_split it trains."""
   assert isinstance(sources.BUILTIN_TASKS["emoji_group_zero_shot"], ClassificationSpec)
-  assert sources.EVAL_ONLY_TASKS == {"emoji_group_zero_shot", "speech_real_audio_to_text"}
+  assert sources.EVAL_ONLY_TASKS == {"emoji_group_zero_shot"}
   assert set(sources.TRAIN_TASKS) == set(sources.BUILTIN_TASKS) - sources.EVAL_ONLY_TASKS
   c = default.get_config()
   assert c.data.tasks == sources.TRAIN_TASKS and len(c.data.weights) == len(c.data.tasks)

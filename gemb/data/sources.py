@@ -31,11 +31,8 @@ BUILDERS = {
 BUILTIN_TASKS = {t.name: t for module in (emoji, clipart, composed, speech, video, wordnet, code)
                  for t in module.TASKS}
 # Built-in tasks that only evaluate: zero-shot classification (no train_split) has no
-# training pairs, and the real recordings of speech_real_audio_to_text share speech's train
-# split.
-EVAL_ONLY_TASKS = frozenset(
-    {n for n, t in BUILTIN_TASKS.items() if is_zero_shot(t)}
-    | {"speech_real_audio_to_text"})
+# training pairs.
+EVAL_ONLY_TASKS = frozenset(n for n, t in BUILTIN_TASKS.items() if is_zero_shot(t))
 # What a recipe trains on when it trains on "every built-in task".
 TRAIN_TASKS = tuple(sorted(set(BUILTIN_TASKS) - EVAL_ONLY_TASKS))
 # Every built-in builder has a "full" config (the default) and a "small" deterministic

@@ -29,15 +29,24 @@ Owns choosing the texts, the voices that read them, the synthesis, the split rul
     "noise") and `sound-theme-freedesktop` (CC-BY-SA-3.0 / CC-BY-3.0 / GPL-2+ per file, see
     its Debian copyright file; `/usr/share/sounds/freedesktop/stereo/*.oga`: named sound
     events, "dialog-warning" -> "dialog warning"; its audio-channel-* files are Vorbis copies
-    of the ALSA recordings and are left out). Sound events check zero-shot transfer: nothing
-    in train is a non-speech sound.
+    of the ALSA recordings and are left out).
+  * "real_train" split: the same named sound events as designed by two other sound themes,
+    `yaru-theme-sound` (CC-BY-SA-4.0; `/usr/share/sounds/Yaru/stereo/*.oga`) and
+    `deepin-sound-theme` (GPL-3; `/usr/share/sounds/deepin/stereo/*.wav`). File names follow
+    the freedesktop sound naming spec, so a theme's "dialog-warning" is the event that
+    freedesktop's "dialog-warning" sounds; a vendor extension drops its "x-<vendor>-" prefix
+    ("x-deepin-app-sent-to-desktop" -> "app sent to desktop"). Training on them and testing
+    on the freedesktop theme checks transfer across sound designers: no recording of the
+    "real" split is ever trained on, and 13 of its 27 event names have no same-name sound in
+    either theme.
 
 Text selection: per source, candidates in order of sha256 of the normalized text (NFKC,
 case-folded, runs of non-alphanumerics -> one space), skipping texts already taken by an
 earlier source (sources in the order above) and texts of the real split; the first
 FULL_QUOTAS[source] are taken. item_id is the text's index in that full list, so all voices
 reading one text share it. The small config keeps the first SMALL_QUOTAS[source] texts of
-each source, with the same item_ids. Real-split ids are REAL_ID_BASE + index of the text.
+each source, with the same item_ids. Real-split ids are REAL_ID_BASE + index of the text,
+real_train ids REAL_TRAIN_ID_BASE + index of the text.
 
 Splits are disjoint by text: sha256 of the normalized text sends 80 / 5 / 15 % of texts to
 train / validation / test. Train has TRAIN_VOICES readings of each text, validation
@@ -47,11 +56,12 @@ by the text, so every build is byte-identical (espeak-ng is deterministic; the t
 
 Records: audio (WAV bytes, 16 kHz mono int16), text, language ("en", "de", "fr", "es"),
 voice (e.g. "en-gb-scotland+f2", or "recording"), speed, pitch (0 for recordings), kind
-("emoji_name", "word", "sentence"; real split: "spoken_name", "sound_event"), source (the
+("emoji_name", "word", "sentence"; real splits: "spoken_name", "sound_event"), source (the
 program or file the audio came from), item_id.
 
 Full build (2,450 texts; measured 2026-11-27 on 2 busy cores: 4 minutes, 182 MB): train 5,874
-records (1,958 texts), validation 123 (123 texts), test 738 (369 texts), real 36 (36 texts).
+records (1,958 texts), validation 123 (123 texts), test 738 (369 texts), real 36 (36 texts),
+real_train 39 (30 texts). Both configs hold both real splits whole.
 Clips last 0.3-5 s (median 0.9 s). The small config (100 texts) builds in ~10-15 s.
 """
 import concurrent.futures
@@ -81,6 +91,9 @@ WORDNET_DIR = "/usr/share/wordnet"
 DICTD_DIR = "/usr/share/dictd"
 ALSA_GLOB = "/usr/share/sounds/alsa/*.wav"
 FREEDESKTOP_GLOB = "/usr/share/sounds/freedesktop/stereo/*.oga"
+# Sound themes whose recordings train (split "real_train"): theme -> files of its events.
+OTHER_THEME_GLOBS = {"Yaru": "/usr/share/sounds/Yaru/stereo/*.oga",
+                     "deepin": "/usr/share/sounds/deepin/stereo/*.wav"}
 
 SAMPLE_RATE = 16000  # Stored rate: the usual speech-model rate, and half the bytes of 32 kHz.
 TRAIL_SECONDS = 0.05  # espeak-ng ends every clip with 0.35 s of exact zeros; keep this much.
@@ -94,6 +107,7 @@ TRAIN_VOICES, VALIDATION_VOICES, TEST_VOICES = 3, 1, 2
 SPEED_RANGE = (130, 190)  # words per minute, espeak-ng's default is 175
 PITCH_RANGE = (25, 75)  # 0-99, default 50
 REAL_ID_BASE = 1_000_000
+REAL_TRAIN_ID_BASE = 2_000_000
 
 # Text sources in priority order: (name, language, kind).
 SOURCES = (
@@ -347,7 +361,12 @@ def _ordered_map(fn, items, workers, chunk=256):
 # ---------------------------------------------------------------------------- real sounds
 
 def _sound_name(path: str) -> str:
-  return normalize(os.path.splitext(os.path.basename(path))[0])
+  """The event a sound-theme file is named after: "x-deepin-app-sent-to-desktop.wav" ->
+  "app sent to desktop" (the spec's vendor extensions start with "x-<vendor>-")."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  if name.startswith("x-"):
+    name = name.split("-", 2)[-1]
+  return normalize(name)
 
 
 def real_sounds():
@@ -360,6 +379,13 @@ def real_sounds():
     if not os.path.basename(path).startswith("audio-channel-"):
       sounds.append((path, _sound_name(path), "sound_event"))
   return sounds
+
+
+def other_theme_sounds():
+  """[(path, text, kind)] of the real_train split: the sound events of OTHER_THEME_GLOBS,
+  sorted by path."""
+  paths = sorted(p for pattern in OTHER_THEME_GLOBS.values() for p in glob.glob(pattern))
+  return [(path, _sound_name(path), "sound_event") for path in paths]
 
 
 def real_wav(path: str) -> bytes:
@@ -380,10 +406,11 @@ class GembSpeech(base.GembBuilder):
   recordings as an extra test split (module docstring has details)."""
 
   name = "gemb_speech"
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release: espeak-ng speech of emoji names, WordNet words and "
                "sentences, FreeDict de/fr/es words; ALSA / freedesktop recordings as 'real'.",
+      "1.1.0": "Split 'real_train': the Yaru and deepin sound themes' named sound events.",
   }
   BUILDER_CONFIGS = [
       SpeechConfig(name="full", description=f"{sum(FULL_QUOTAS.values())} texts",
@@ -405,7 +432,8 @@ class GembSpeech(base.GembBuilder):
             f"test); {TRAIN_VOICES} readings per train text, {VALIDATION_VOICES} per "
             f"validation text, {TEST_VOICES} per test text. Split 'real': recordings of "
             "alsa-utils (spoken channel names, noise) and sound-theme-freedesktop (named "
-            f"sound events). Audio: WAV bytes, {SAMPLE_RATE} Hz mono 16-bit PCM."),
+            "sound events). Split 'real_train': the named sound events of the Yaru and "
+            f"deepin sound themes. Audio: WAV bytes, {SAMPLE_RATE} Hz mono 16-bit PCM."),
         features=tfds.features.FeaturesDict({
             # Raw encoded bytes: tfds's Audio feature needs TensorFlow.
             "audio": tfds.features.Tensor(shape=(), dtype=np.object_),
@@ -422,7 +450,8 @@ class GembSpeech(base.GembBuilder):
         license="Speech made with espeak-ng (GPL-3). Texts: Unicode License (emoji names), "
                 "WordNet 3.0 License, FreeDict GPL-2+. Recordings: alsa-utils (GPL-2), "
                 "sound-theme-freedesktop (CC-BY-SA-3.0 / CC-BY-3.0 / GPL-2+ per file, see "
-                "/usr/share/doc/sound-theme-freedesktop/copyright).",
+                "/usr/share/doc/sound-theme-freedesktop/copyright), yaru-theme-sound "
+                "(CC-BY-SA-4.0), deepin-sound-theme (GPL-3).",
     )
 
   def _split_generators(self, dl_manager):
@@ -434,7 +463,9 @@ class GembSpeech(base.GembBuilder):
                 (os.path.join(DICTD_DIR, "freedict-fra-eng.index"), "dict-freedict-fra-eng"),
                 (os.path.join(DICTD_DIR, "freedict-spa-eng.index"), "dict-freedict-spa-eng"),
                 ("/usr/share/sounds/alsa/Front_Left.wav", "alsa-utils"),
-                ("/usr/share/sounds/freedesktop/stereo/bell.oga", "sound-theme-freedesktop")]
+                ("/usr/share/sounds/freedesktop/stereo/bell.oga", "sound-theme-freedesktop"),
+                ("/usr/share/sounds/Yaru/stereo/bell.oga", "yaru-theme-sound"),
+                ("/usr/share/sounds/deepin/stereo/message.wav", "deepin-sound-theme")]
     for path, package in required:
       if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: install the Debian package {package}")
@@ -447,7 +478,8 @@ class GembSpeech(base.GembBuilder):
         [(t, i, r) for t in texts if split_of(t.text) == split
          for i, r in enumerate(readings(t, count))])
               for split, count in counts.items()}
-    splits["real"] = self._generate_real(real)
+    splits["real"] = self._generate_real(real, REAL_ID_BASE)
+    splits["real_train"] = self._generate_real(other_theme_sounds(), REAL_TRAIN_ID_BASE)
     return splits
 
   def _generate_examples(self, jobs):
@@ -460,11 +492,11 @@ class GembSpeech(base.GembBuilder):
           "item_id": t.item_id,
       }
 
-  def _generate_real(self, sounds):
-    ids = {}
+  def _generate_real(self, sounds, id_base):
+    ids = {}  # one id per event name: two themes' sounds of an event share it
     for path, text, kind in sounds:
-      item_id = ids.setdefault(text, REAL_ID_BASE + len(ids))
-      yield f"real_{os.path.basename(path)}", {
+      item_id = ids.setdefault(text, id_base + len(ids))
+      yield f"real_{os.path.basename(path)}", {  # the themes' files differ by extension
           "audio": real_wav(path), "text": text, "language": "en", "voice": "recording",
           "speed": 0, "pitch": 0, "kind": kind, "source": path, "item_id": item_id,
       }
@@ -485,7 +517,8 @@ TASKS = (
     tasks.TaskSpec(
         name="speech_real_audio_to_text", dataset="speech", query=("audio:audio",),
         candidate=("text:text",), query_id="item_id", candidate_id="item_id",
-        instruction=INSTRUCTION, eval_split="real",
-        description="Trained on synthetic speech, evaluated on real recordings: spoken "
-                    "channel names (alsa-utils) and named sound events (freedesktop)."),
+        instruction=INSTRUCTION, train_split="real_train", eval_split="real",
+        description="Real recordings -> what they say or signal: trained on two sound "
+                    "themes' named events (Yaru, deepin), evaluated on other recordings: "
+                    "spoken channel names (alsa-utils) and the freedesktop theme's events."),
 )
