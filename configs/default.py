@@ -75,11 +75,18 @@ def get_config(arg=None):
   # Small batches, many steps: at this scale the number of updates per task limits learning
   # more than the number of in-batch negatives (32 examples: ~5 steps/s on 2 cores).
   c.data.batch_size = 32
+  # Decoding in a grain worker process overlaps it with the train step (the same batches;
+  # measured on 2 cores: 165 ms a step instead of 183 over align steps 300-600).
+  c.data.num_workers = 1
   c.loss.matryoshka_dims = (64, 128, 256)
   c.loss.matryoshka_weights = (1.0, 1.0, 1.0)
   c.optimizer.learning_rate = 1e-3
   c.optimizer.warmup_steps = 100
   c.eval.dims = (64, 128, 256)
+  # Small eval batches: the last batch of a side is padded to a whole one, and at 256 the
+  # padding of the small sides (36 real recordings, 138 narrated clips through Whisper) cost
+  # a third of an eval; at 64 an eval of every task takes 42 s instead of 61 (measured).
+  c.eval.batch_size = 64
   c.eval.tasks = tuple(sorted(sources.BUILTIN_TASKS))
 
   # Step counts fit the run in 20 minutes; the pretrained image features learn in 2700 align

@@ -291,7 +291,7 @@ def tokenizer_corpus(config, names=None):
   task's train split (evenly sampled, at most data.tokenizer_texts per task), plus the
   task instructions."""
   names = names or tuple(config.data.tasks) + tuple(config.eval.tasks)
-  texts = []
+  texts, reads = [], {}  # tasks on one split (e.g. both WordNet tasks) read it once
   for task in get_tasks(config, dict.fromkeys(names)):
     if isinstance(task, ClassificationSpec):
       # Its prompts (the task's definition), never its queries (the eval data); training
@@ -306,13 +306,15 @@ def tokenizer_corpus(config, names=None):
       texts.append(task.instruction)
     if not fields:
       continue
-    source = open_split(config, task, task.train_split)
-    count = min(len(source), config.data.tokenizer_texts)
-    indices = [int(i) for i in np.linspace(0, len(source) - 1, count).astype(int)]
-    # One batched read (ArrayRecord sources): ~4x faster than record by record.
-    records = (source.__getitems__(indices) if hasattr(source, "__getitems__")
-               else [source[i] for i in indices])
-    for record in records:
+    split = (task.dataset, task.fields, task.train_split)
+    if split not in reads:
+      source = open_split(config, task, task.train_split)
+      count = min(len(source), config.data.tokenizer_texts)
+      indices = [int(i) for i in np.linspace(0, len(source) - 1, count).astype(int)]
+      # One batched read (ArrayRecord sources): ~4x faster than record by record.
+      reads[split] = (source.__getitems__(indices) if hasattr(source, "__getitems__")
+                      else [source[i] for i in indices])
+    for record in reads[split]:
       for f in fields:
         values = record[f] if isinstance(record[f], (list, tuple, np.ndarray)) else [record[f]]
         texts.extend(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values)

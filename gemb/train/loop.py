@@ -197,13 +197,15 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
   train_step = make_train_step(graphdef, tx, schedule, config, mesh, shardings, frozen)
   task_names = tuple(config.data.tasks)
   # Batch structure (one per task under mixing="task") -> (compiled step, its FLOPs): one
-  # trace and one compilation each, and the FLOPs from that same lowering.
+  # trace and one compilation each, and the FLOPs XLA counts in that executable.
   compiled = {}
   meta = {"stage_index": stage.index, "stage": stage.name,
           "config": config.to_json_best_effort()}
 
   window, last = Window(), None
-  t0, step0, skipped_total, flops_done = time.time(), step, 0, 0.0
+  # Rates and ETAs leave out compilation (a new batch structure compiles for seconds, and the
+  # first steps of a stage meet most of them): the ETA is that of the steps still to run.
+  t0, step0, skipped_total, flops_done, compile_seconds = time.time(), step, 0, 0.0, 0.0
   while step < stage.end:
     if watch.reached(step):
       ckpt.wait()
@@ -217,8 +219,10 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
     with jax.set_mesh(mesh):
       key = jax.tree.structure(batch), tuple(x.shape for x in jax.tree.leaves(batch))
       if key not in compiled:
-        lowered = train_step.lower(state, batch)
-        compiled[key] = lowered.compile(), step_flops(lowered)
+        start = time.time()
+        executable = train_step.lower(state, batch).compile()
+        compiled[key] = executable, step_flops(executable)
+        compile_seconds += time.time() - start
       run_step, flops = compiled[key]
       state, step_metrics = run_step(state, batch)
     step += 1
@@ -230,7 +234,7 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
     if step % train_cfg.log_every == 0 or step == stage.end:
       scalars = {f"train/{k}": v for k, v in window.compute().items()}
       check_finite(scalars, train_cfg, step, ckpt)
-      elapsed = time.time() - t0
+      elapsed = time.time() - t0 - compile_seconds
       rate = (step - step0) / elapsed
       scalars |= {"train/steps_per_s": rate,
                   "train/examples_per_s": rate * config.data.batch_size,
@@ -258,9 +262,10 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
   return state, last
 
 
-def step_flops(lowered):
-  """FLOPs of one step on this batch structure, from XLA's cost analysis of the lowering."""
-  cost = lowered.cost_analysis()
+def step_flops(executable):
+  """FLOPs of one step on this batch structure, from XLA's cost analysis of the compiled
+  step (what runs: frozen parameters' dead gradients are not counted)."""
+  cost = executable.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float((cost or {}).get("flops", 0.0))
 
