@@ -6,6 +6,7 @@ Rerunning the same command resumes from the latest checkpoint in --workdir.
 import difflib
 import logging as py_logging
 import re
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -55,6 +56,27 @@ def check_overrides(config_flag):
                            f"{path!r}{hint}") from None
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with a message naming the flag when a --config override names a
+  section a stage lacks (ml_collections raises a bare KeyError for it, e.g. for a stage
+  written as a plain dict: configs.common.stage() gives every stage every section)."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (KeyError, AttributeError) as e:
+    # KeyError('loss'), or ml_collections' AttributeError("'optimzer'\nDid you mean ...").
+    message = str(e.args[0]) if e.args else ""
+    quoted = re.search(r"'([^'\\]+)", message)
+    key = quoted.group(1) if quoted else message.strip()
+    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")
+           and re.search(r"\.%s[.=\[]" % re.escape(key), a)] or ["a --config override"]
+    hint = (f": this stage has no {key!r} section (build stages with configs.common.stage(), "
+            f"which gives each its {'/'.join(SECTIONS)} sections)"
+            if bad[0].startswith("--config.stages[") else "")
+    sys.stderr.write(f"FATAL Flags parsing error: {bad[0]}: the config has no key {key!r}"
+                     f"{hint}\n")
+    sys.exit(1)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -69,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -77,6 +77,29 @@ def test_config_typo_fails_before_any_work(tmp_path):
     assert not os.path.exists(tmp_path / "run")
 
 
+def test_override_of_a_section_a_stage_lacks_names_the_flag(tmp_path):
+  """A stage written as a plain dict has only the sections it names: overriding a key of
+  another fails at flag parsing with the flag named, not a bare KeyError."""
+  config = tmp_path / "raw_stages.py"
+  config.write_text("from configs import tiny\n"
+                    "def get_config(arg=None):\n"
+                    "  c = tiny.get_config(arg)\n"
+                    "  c.stages = [dict(name='a', steps=2, freeze=''), "
+                    "dict(name='b', steps=2, freeze='')]\n"
+                    "  return c\n")
+  for flag, words in (("--config.stages[0].loss.kind=sigmoid",
+                       ("--config.stages[0].loss.kind", "no 'loss' section", "stage()")),
+                      ("--config.optimzer.warmup_steps=5",
+                       ("--config.optimzer.warmup_steps", "no key 'optimzer'"))):
+    out = subprocess.run([sys.executable, "-m", "gemb.main", f"--config={config}",
+                          f"--workdir={tmp_path / 'run'}", flag],
+                         cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert all(w in out.stderr for w in words), (flag, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_any_stage_key_can_be_overridden_from_the_command_line():
   """--config.stages[i].<section>.<key> sets a key for one stage, also one the stage's dict
   does not name (it inherits the top level's); the other stage keeps its own value."""
