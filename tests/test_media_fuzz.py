@@ -52,6 +52,8 @@ FORMATS = {
     "ppm": (lambda: _image("PPM"), lambda v: load_image(v, 8)),
     "gif": (lambda: _image("GIF"), lambda v: load_image(v, 8)),
     "bmp": (lambda: _image("BMP"), lambda v: load_image(v, 8)),
+    "webp": (lambda: _image("WEBP"), lambda v: load_image(v, 8)),
+    "tiff": (lambda: _image("TIFF"), lambda v: load_image(v, 8)),
     "wav": (lambda: _audio("WAV", "PCM_16"), lambda v: load_audio(v, sample_rate=8000,
                                                                    num_samples=800)),
     "ogg": (lambda: _audio("OGG", "VORBIS"), lambda v: load_audio(v, sample_rate=8000,
@@ -108,3 +110,12 @@ def test_only_media_errors_escape(fmt):
       escaped.append(f"mutation {k}: {type(e).__name__}: {e}")
   assert not escaped, f"{len(escaped)} of {MUTATIONS} escaped: " + "; ".join(escaped[:5])
   assert refused > 0  # the mutations do break files
+
+
+def test_formats_outside_the_allow_list_are_refused():
+  out = io.BytesIO()
+  Image.new("RGB", (8, 8)).save(out, "TGA")  # Pillow reads TGA, gemb does not
+  with pytest.raises(MediaError, match="cannot decode image: not one of PNG, JPEG"):
+    load_image(out.getvalue(), 8)
+  with pytest.raises(MediaError, match="cannot decode audio: not a WAV, FLAC"):
+    load_audio(b"MThd" + bytes(100), sample_rate=8000, num_samples=80)

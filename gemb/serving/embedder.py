@@ -75,9 +75,10 @@ class Embedder:
                        f"(trained Matryoshka dims: {self.manifest['model']['matryoshka_dims']})")
     return int(dim)
 
-  def prepare(self, item, task=None, where="input"):
-    """One item -> (entry point, side): CPU preprocessing, safe to run in many threads."""
-    return self.preprocessor(item, task, where)
+  def prepare(self, item, task=None, where="input", budget=None):
+    """One item -> (entry point, side): CPU preprocessing, safe to run in many threads.
+    budget: a gemb.serving.preprocess.PixelBudget the item's images are charged to."""
+    return self.preprocessor(item, task, where, budget)
 
   def embed_prepared(self, prepared):
     """[(entry point, side)] -> raw float32 embeddings [n, D], in order.

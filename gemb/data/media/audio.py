@@ -63,7 +63,8 @@ def _decode_bytes(data, max_seconds):
   except soundfile.LibsndfileError as e:
     # str(e) names our in-memory buffer; libsndfile's own reason is the useful part.
     raise MediaError(f"cannot decode audio: {e.error_string}") from None
-  except Exception as e:  # noqa: BLE001 - soundfile raises TypeError, ValueError, ... on hostile headers
+  # soundfile raises TypeError, ValueError, ... on hostile headers: all are bad records.
+  except Exception as e:  # noqa: BLE001
     raise MediaError(f"cannot decode audio: {type(e).__name__}: {e}") from None
   mono = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
   return mono, rate

@@ -136,7 +136,8 @@ def _as_media_errors():
   except av.FFmpegError as e:
     # str(e) names our in-memory buffer; the reason alone says what is wrong.
     raise MediaError(f"cannot decode video: {e.strerror}") from None
-  except Exception as e:  # noqa: BLE001 - PyAV raises ValueError, UnicodeDecodeError, ... on hostile containers
+  # PyAV raises ValueError, UnicodeDecodeError, ... on hostile containers: all bad records.
+  except Exception as e:  # noqa: BLE001
     raise MediaError(f"cannot decode video: {type(e).__name__}: {e}") from None
 
 
