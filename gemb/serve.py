@@ -3,10 +3,15 @@
   python -m gemb.serve --model=OUT [--port=8080] [--host=127.0.0.1] [--max_body_bytes=8388608]
       [--max_inputs=256] [--max_image_pixels=N] [--max_request_pixels=N] [--max_batch=64]
       [--batch_wait_ms=5] [--workers=32] [--max_queue=256] [--backlog=1024]
-      [--request_timeout_s=30] [--idle_timeout_s=5]
+      [--request_timeout_s=30] [--idle_timeout_s=5] [--model_name=gemb]
 
 It binds 127.0.0.1 unless --host says otherwise (put a TLS / auth proxy in front to expose it).
 
+  POST /v1/embeddings  the OpenAI embeddings API (texts; see gemb/serving/openai_api.py):
+      {"input": "text" | ["text", ...], "model": "<--model_name>", "dimensions": 256,
+       "encoding_format": "float" | "base64"} -> {"object": "list", "data": [...], "usage": ...}
+      with OpenAI-shaped errors, so the openai client and the tools built on it work as is.
+  GET /v1/models  the served model, as OpenAI lists models
   POST /v1/embed  {"inputs": [item, ...], "task": "<task>" | null, "dim": 256 | null}
       -> 200 {"embeddings": [[float, ...], ...], "dim": d, "task": ..., "count": n}
       items as in gemb/serving/inputs.py (JSON form): "text", {"image": "<base64>"},
@@ -52,6 +57,8 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
+from gemb.batch import PAD_ID
+from gemb.serving import openai_api
 from gemb.serving.embedder import Embedder, matryoshka
 from gemb.serving.inputs import InputError, LimitError, from_json
 from gemb.serving.preprocess import PixelBudget
@@ -155,8 +162,8 @@ class EmbeddingService:
   """Request parsing, limits and stats; the HTTP handler calls ``embed_request``."""
 
   def __init__(self, embedder, *, max_body_bytes, max_inputs, max_batch, batch_wait_ms,
-               max_image_pixels=None, max_request_pixels=None):
-    self.embedder = embedder
+               max_image_pixels=None, max_request_pixels=None, model_name="gemb"):
+    self.embedder, self.model_name = embedder, model_name
     self.max_body_bytes, self.max_inputs = max_body_bytes, max_inputs
     budget = PixelBudget.for_shapes(embedder.preprocessor.shapes, max_image_pixels,
                                     max_request_pixels)
@@ -164,6 +171,7 @@ class EmbeddingService:
     self.batcher = MicroBatcher(embedder, max_batch, batch_wait_ms / 1000.0)
     self.requests = self.items = 0
     self.server = None  # the Server, for its connection stats (set by make_server)
+    self.created = int(time.time())
     self._lock = threading.Lock()
 
   def info(self):
@@ -199,13 +207,36 @@ class EmbeddingService:
       raise HTTPError(400, "\"inputs\" must be a non-empty array of items")
     if task is not None and not isinstance(task, str):
       raise HTTPError(400, f"\"task\" must be a string or null, got {json.dumps(task)}")
-    embeddings, dim = self.embed(items, task, dim, "inputs")
+    embeddings, dim, _ = self.embed(items, task, dim, "inputs")
     return {"embeddings": embeddings.tolist(), "dim": dim, "task": task,
             "count": len(items)}
 
+  def openai_request(self, body):
+    """POST /v1/embeddings: OpenAIError (answered in OpenAI's error shape) for bad requests."""
+    request = parse_json(body)  # its HTTPError is answered in OpenAI's shape by the handler
+    try:
+      texts, dim, task, fmt = openai_api.parse(request, self.model_name)
+      try:
+        dim = self.embedder.check_dim(dim, "dimensions")
+      except InputError as e:
+        raise openai_api.OpenAIError(400, str(e), param="dimensions") from None
+      try:
+        self.embedder.preprocessor.instruction(task)
+      except InputError as e:
+        raise openai_api.OpenAIError(400, str(e), param="task") from None
+      embeddings, _, tokens = self.embed(texts, task, dim, "input")
+    except HTTPError as e:
+      raise openai_api.OpenAIError(e.code, e.message, param="input") from None
+    return openai_api.response(embeddings, self.model_name, tokens, fmt)
+
+  def models(self):
+    """GET /v1/models: the one served model, as OpenAI lists models."""
+    return {"object": "list", "data": [{"id": self.model_name, "object": "model",
+                                        "created": self.created, "owned_by": "gemb"}]}
+
   def embed(self, items, task, dim, field):
-    """JSON items -> (float32 [n, dim] embeddings, dim); HTTPError 400 / 413 naming
-    ``field``[i] for bad items or exceeded limits."""
+    """JSON items -> (float32 [n, dim] embeddings, dim, text tokens the model reads);
+    HTTPError 400 / 413 naming ``field``[i] for bad items or exceeded limits."""
     if len(items) > self.max_inputs:
       raise HTTPError(413, f"{len(items)} inputs exceed the limit of {self.max_inputs} per "
                            "request")
@@ -223,7 +254,9 @@ class EmbeddingService:
     with self._lock:
       self.requests += 1
       self.items += len(items)
-    return embeddings, dim
+    tokens = sum(int(np.count_nonzero(side["text"] != PAD_ID)) for _, side in prepared
+                 if "text" in side)
+    return embeddings, dim, tokens
 
   def close(self):
     self.batcher.close()
@@ -251,7 +284,8 @@ class _DeadlineReader(io.RawIOBase):
 class Handler(http.server.BaseHTTPRequestHandler):
   protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections
   service: EmbeddingService = None  # set by make_server on a subclass
-  routes = {"/v1/embed": "embed_request"}  # POST path -> EmbeddingService method
+  # POST path -> EmbeddingService method
+  routes = {"/v1/embed": "embed_request", "/v1/embeddings": "openai_request"}
 
   def setup(self):
     super().setup()
@@ -280,15 +314,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
   def do_GET(self):
     routes = {"/health": lambda: {"status": "ok"}, "/v1/info": self.service.info,
-              "/v1/stats": self.service.stats}
+              "/v1/stats": self.service.stats, "/v1/models": self.service.models}
     if self.path not in routes:
-      return self._error(404, f"no such path {self.path[:200]}; GET /health, /v1/info, "
-                              f"/v1/stats, POST {', '.join(self.routes)}")
+      return self._error(404, f"no such path {self.path[:200]}; GET {', '.join(routes)}, "
+                              f"POST {', '.join(self.routes)}")
     self._send(200, routes[self.path]())
 
   def do_POST(self):
     if self.path not in self.routes:
-      return self._error(404 if self.path not in ("/health", "/v1/info", "/v1/stats") else 405,
+      return self._error(404 if self.path not in ("/health", "/v1/info", "/v1/stats",
+                                                  "/v1/models") else 405,
                          f"POST {self.path[:200]}: embed with POST {' or '.join(self.routes)}")
     length = self.headers.get("Content-Length")
     if length is None or not length.isdigit():
@@ -309,6 +344,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
       self._send(200, getattr(self.service, self.routes[self.path])(body))
     except HTTPError as e:
       self._error(e.code, e.message)
+    except openai_api.OpenAIError as e:
+      self._send(e.status, openai_api.error_body(e.status, e.message, e.param, e.code))
     except Exception:  # noqa: BLE001 - a server error must not kill the server
       # The details are the server's (they can hold paths and objects): logged, not sent.
       logging.exception("embedding failed")
@@ -324,6 +361,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     self._send(code, self.error_payload(code, message), close=close)
 
   def error_payload(self, code, message):
+    if getattr(self, "path", None) == "/v1/embeddings":  # OpenAI clients parse their own shape
+      return openai_api.error_body(code, message)
     return {"error": {"code": code, "message": message}}
 
   def _send(self, code, payload, close=False):
@@ -425,13 +464,13 @@ class Server(http.server.HTTPServer):
 def make_server(embedder, host="127.0.0.1", port=8080, *, max_body_bytes=8 << 20,
                 max_inputs=256, max_batch=64, batch_wait_ms=5.0, max_image_pixels=None,
                 max_request_pixels=None, workers=32, max_queue=256, backlog=1024,
-                request_timeout_s=30.0, idle_timeout_s=5.0):
+                request_timeout_s=30.0, idle_timeout_s=5.0, model_name="gemb"):
   """A Server (not yet serving) and its EmbeddingService; port 0 = any free.
   max_image_pixels / max_request_pixels None: sized to the model (PixelBudget.for_shapes)."""
   service = EmbeddingService(embedder, max_body_bytes=max_body_bytes, max_inputs=max_inputs,
                              max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                              max_image_pixels=max_image_pixels,
-                             max_request_pixels=max_request_pixels)
+                             max_request_pixels=max_request_pixels, model_name=model_name)
   handler = type("BoundHandler", (Handler,), {"service": service})
   server = Server((host, port), handler, workers=workers, max_queue=max_queue,
                   backlog=backlog, request_timeout_s=request_timeout_s,
@@ -452,7 +491,7 @@ def main(argv):
       max_image_pixels=f.max_image_pixels or None,
       max_request_pixels=f.max_request_pixels or None, workers=f.workers,
       max_queue=f.max_queue, backlog=f.backlog, request_timeout_s=f.request_timeout_s,
-      idle_timeout_s=f.idle_timeout_s)
+      idle_timeout_s=f.idle_timeout_s, model_name=f.model_name)
   host, port = server.server_address[:2]
   logging.info("serving %s on http://%s:%d (POST %s); limits: %s", f.model, host, port,
                ", ".join(Handler.routes), service.info()["limits"])
@@ -469,6 +508,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("model", None, "Serving bundle directory (python -m gemb.export).")
   flags.DEFINE_string("host", "127.0.0.1", "Address to bind (default: loopback only).")
   flags.DEFINE_integer("port", 8080, "Port (0: any free port).")
+  flags.DEFINE_string("model_name", "gemb", "The model name of POST /v1/embeddings requests "
+                      "(their \"model\" field) and of GET /v1/models.")
   flags.DEFINE_integer("max_body_bytes", 8 << 20, "Largest request body accepted (413 above).")
   flags.DEFINE_integer("max_inputs", 256, "Most inputs per request (413 above).")
   flags.DEFINE_integer("max_image_pixels", 0, "Most pixels of one image or video frame, read "
