@@ -119,3 +119,21 @@ def test_formats_outside_the_allow_list_are_refused():
     load_image(out.getvalue(), 8)
   with pytest.raises(MediaError, match="cannot decode audio: not a WAV, FLAC"):
     load_audio(b"MThd" + bytes(100), sample_rate=8000, num_samples=80)
+
+
+@pytest.mark.parametrize("decode,value", [
+    (lambda v: load_image(v, 8), np.zeros((0, 5, 3), np.uint8)),
+    (lambda v: load_image(v, 8), np.zeros((4, 4, 3), np.float32)),
+    (lambda v: load_video(v, frames=2, size=8), {"a": 1}),
+    (lambda v: load_video(v, frames=2, size=8), [None, 3]),
+    (lambda v: load_video(v, frames=2, size=8), np.zeros((2, 0, 4, 3), np.uint8)),
+    (lambda v: load_audio(v, sample_rate=8000, num_samples=8, source_rate="8000"),
+     np.zeros(10, np.float32)),
+    (lambda v: load_audio(v, sample_rate=8000, num_samples=8, source_rate=10 ** 30),
+     np.zeros(10, np.float32)),
+    (lambda v: load_audio(v, sample_rate=8000, num_samples=8, source_rate=8000),
+     np.zeros((2, 2, 2), np.float32)),
+])
+def test_odd_python_values_are_media_errors(decode, value):
+  with pytest.raises(MediaError):
+    decode(value)

@@ -20,6 +20,8 @@ from gemb.data.media import MediaError
 # before any parser sees the bytes: less hostile-input surface on a server.
 _CONTAINERS = {"WAV", "WAVEX", "RF64", "FLAC", "OGG", "MP3", "AIFF"}
 _BLOCK_FRAMES = 1 << 16
+# The highest sample rate recorders use; a header (or a caller) claiming more is corrupt.
+MAX_RATE = 768_000
 
 
 def audio_container(data):
@@ -49,7 +51,7 @@ def _decode_bytes(data, max_seconds):
         raise MediaError(f"cannot decode audio: a {f.format} file (accepted: "
                          f"{sorted(_CONTAINERS)})")
       rate, frames = f.samplerate, f.frames
-      if rate <= 0 or f.channels <= 0:
+      if not 0 < rate <= MAX_RATE or f.channels <= 0:
         raise MediaError(f"cannot decode audio: {rate} Hz, {f.channels} channels")
       _check_duration(frames, rate, max_seconds)
       # Block by block to mono: memory stays at the mono clip whatever the channel count.
@@ -94,9 +96,11 @@ def decode_audio(value, *, source_rate=None, max_seconds=None):
       samples = samples[:, None]
     if samples.ndim != 2:
       raise MediaError(f"expected an audio array [N] or [N, channels], got {samples.shape}")
+    if isinstance(source_rate, bool) or not isinstance(source_rate, (int, np.integer)) \
+        or not 0 < source_rate <= MAX_RATE:
+      raise MediaError(f"source_rate must be an integer in [1, {MAX_RATE}], got "
+                       f"{source_rate!r}")
     rate = int(source_rate)
-    if rate <= 0:
-      raise MediaError(f"source_rate must be positive, got {source_rate}")
     _check_duration(len(samples), rate, max_seconds)
     if samples.shape[1] == 0:
       raise MediaError("audio has no samples")

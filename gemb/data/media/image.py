@@ -46,6 +46,8 @@ def to_pil(value, max_pixels=MAX_PIXELS):
   """
   if isinstance(value, (bytes, bytearray, memoryview)):
     image = open_image(value)
+    if not image.width or not image.height:
+      raise MediaError(f"image of {image.width}x{image.height} pixels is empty")
     if image.width * image.height > max_pixels:
       raise MediaError(f"image of {image.width}x{image.height} pixels exceeds {max_pixels} "
                        "pixels")
@@ -62,9 +64,10 @@ def to_pil(value, max_pixels=MAX_PIXELS):
     except Exception as e:  # noqa: BLE001
       raise MediaError(f"cannot decode image: {type(e).__name__}: {e}") from None
   array = np.asarray(value)
-  if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (3, 4):
-    raise MediaError(f"expected image bytes or a uint8 [H, W, 3] array, got {array.dtype} "
-                     f"{array.shape}")
+  if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (3, 4) \
+      or not array.shape[0] or not array.shape[1]:
+    raise MediaError(f"expected image bytes or a non-empty uint8 [H, W, 3] array, got "
+                     f"{array.dtype} {array.shape}")
   return Image.fromarray(array).convert("RGB")
 
 

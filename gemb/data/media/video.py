@@ -182,9 +182,7 @@ def load_video(value, *, frames, size, max_frames=MAX_FRAMES, max_pixels=MAX_PIX
     raise MediaError("expected encoded video bytes or a sequence of frames, got a str")
   if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim != 4:
     raise MediaError(f"expected a uint8 [n, H, W, 3] array of frames, got shape {value.shape}")
-  try:
-    len(value)
-  except TypeError:
+  if not isinstance(value, (list, tuple, np.ndarray)):
     raise MediaError("expected encoded video bytes or a sequence of frames, got "
-                     f"{type(value).__name__}") from None
+                     f"{type(value).__name__}")
   return _load_frames(value, frames, size, max_frames, max_pixels)
