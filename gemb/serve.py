@@ -93,7 +93,7 @@ def parse_json(body):
                          f"{MAX_JSON_DEPTH} deep")
   try:
     return json.loads(body)
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, a number of over 4300 digits
     raise HTTPError(400, f"the body is not valid JSON: {e}") from None
 
 

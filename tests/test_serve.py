@@ -234,7 +234,10 @@ def test_64_concurrent_clients_without_connection_errors(embedder):
 def test_cli_serves_on_loopback(bundle_dir):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   proc = subprocess.Popen([sys.executable, "-m", "gemb.serve", f"--model={bundle_dir}",
-                           "--port=0"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+                           "--port=0", "--workers=4", "--max_queue=8", "--backlog=64",
+                           "--max_image_pixels=5000", "--request_timeout_s=10",
+                           "--model_name=mine"],
+                          cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
   try:
     deadline, port = time.time() + 240, None
     while time.time() < deadline and port is None:
@@ -246,6 +249,11 @@ def test_cli_serves_on_loopback(bundle_dir):
     assert port, "the server did not report its address"
     status, out = request(port, "POST", "/v1/embed", {"inputs": ["red heart"], "dim": 8})
     assert status == 200 and len(out["embeddings"]) == 1
+    limits = request(port, "GET", "/v1/info")[1]["limits"]
+    assert limits["max_image_pixels"] == 5000 and limits["max_request_pixels"] == 80_000
+    status, out = request(port, "POST", "/v1/embeddings", {"input": "red heart",
+                                                           "model": "mine"})
+    assert status == 200 and len(out["data"][0]["embedding"]) == 32
   finally:
     proc.terminate()
     proc.wait(timeout=30)
@@ -306,6 +314,11 @@ def test_deeply_nested_json_is_a_400(server):
     assert request(port, "POST", "/v1/embed", body) == (400, {"error": {
         "code": 400, "message": f"the body's JSON is nested {depth} deep; requests are at most "
                                 "16 deep"}})
+  # Python refuses to parse integers of over 4300 digits (a ValueError, once a 500).
+  status, out = request(port, "POST", "/v1/embed", b'{"inputs": ["a"], "dim": ' + b"1" * 5000
+                        + b"}")
+  assert status == 400 and out["error"]["message"].startswith("the body is not valid JSON: "
+                                                              "Exceeds the limit (4300 digits)")
   # Brackets inside strings are text, not nesting.
   status, out = request(port, "POST", "/v1/embed", {"inputs": ["[[[[" * 10 + "{" * 20]})
   assert status == 200, out
@@ -428,3 +441,42 @@ def test_a_full_queue_gets_503_with_retry_after(embedder):
     queued.close()
   finally:
     stop(server, service)
+
+
+def test_random_malformed_requests_get_json_4xx_never_500(server):
+  """Seeded random request structures (wrong types, nesting, media, paths) on both POST
+  endpoints: every answer is 200 or a 4xx with a message (a 500 fails the test)."""
+  port, _ = server
+  rec = fx.records(1)[0]
+  atoms = [None, True, 0, -1, 1.5, 1e308, 2 ** 70, "", "x", b64(rec["i"]), b64(rec["a"]), "%%",
+           [], {}, [b64(rec["i"])], {"path": "/etc/passwd"}, {"bytes_b64": 3},
+           {"bytes_b64": b64(rec["i"])}, [[b64(rec["i"])]], [None], {"text": None}]
+  rng = np.random.default_rng(7)
+
+  def value(depth=0):
+    r = rng.random()
+    if depth > 3 or r < 0.4:
+      return atoms[rng.integers(len(atoms))]
+    if r < 0.7:
+      return [value(depth + 1) for _ in range(rng.integers(4))]
+    keys = ["text", "image", "audio", "video", "sample_rate", "x"]
+    return {keys[rng.integers(len(keys))]: value(depth + 1) for _ in range(rng.integers(3))}
+
+  def pick(*options):
+    return options[rng.integers(len(options))]
+
+  answers = []
+  for k in range(400):
+    if k % 2:
+      body = {"inputs": [value() for _ in range(rng.integers(4))],
+              "task": pick(None, "k_text", 3, "zz"), "dim": pick(None, 8, 0, 1.5, "8", True)}
+      path = "/v1/embed"
+    else:
+      body = {"input": value(), "model": pick("gemb", None, 3),
+              "dimensions": pick(None, 16, 0, 1.5, True),
+              "encoding_format": pick("float", "base64", None, 1)}
+      path = "/v1/embeddings"
+    status, out = request(port, "POST", path, body)
+    answers.append(status)
+    assert status == 200 or (400 <= status < 500 and out["error"]["message"]), (body, out)
+  print(f"\nrandom requests: {sorted((s, answers.count(s)) for s in set(answers))}")

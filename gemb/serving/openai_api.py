@@ -67,7 +67,7 @@ def parse(request, model_name):
                         param="input")
     if not isinstance(text, str):
       raise OpenAIError(400, f"input[{i}]: expected a string", param="input")
-  fmt = request.get("encoding_format", "float")
+  fmt = request.get("encoding_format") or "float"  # null: the default, as OpenAI's
   if fmt not in ("float", "base64"):
     raise OpenAIError(400, f"encoding_format={fmt!r}: 'float' or 'base64'",
                       param="encoding_format")
