@@ -185,7 +185,7 @@ class EmbeddingService:
                        "max_request_pixels": self.max_request_pixels,
                        "max_json_depth": MAX_JSON_DEPTH},
             # Which checkpoint, not where it was: the workdir path is the server's business.
-            "checkpoint": {"steps": m["source"]["steps"], "soup": m["source"]["soup"]}}
+            "checkpoint": {k: m["source"].get(k) for k in ("steps", "soup")}}
 
   def stats(self):
     out = {"requests": self.requests, "items": self.items,

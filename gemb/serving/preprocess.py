@@ -99,9 +99,9 @@ class PixelBudget:
 
   @classmethod
   def for_shapes(cls, shapes, per_image=None, per_request=None):
-    """Defaults sized to the model: an image of up to 64x its input side (2048 x 2048 for a
-    32-pixel model; Pillow's bomb limit at most) is worth resizing, and a request may
-    decode 16 of those."""
+    """Defaults sized to the model: an image of up to 64x its input side (4096 x 4096 for
+    the default run's 64-pixel images; media.image.MAX_PIXELS at most) is worth resizing,
+    and a request may decode 16 of those."""
     per_image = per_image or min(MAX_PIXELS, (64 * max(shapes.image_size, shapes.video_size))
                                  ** 2)
     return cls(per_image, per_request or 16 * per_image)
