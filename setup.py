@@ -20,8 +20,9 @@ setup(
     extras_require={
         # ctranslate2 / faster-whisper: the published Whisper implementations that the tests
         # compare gemb's Whisper encoder and features with.
+        # openai: the real client that tests gemb.serve's POST /v1/embeddings.
         "test": ["pytest==9.2.0", "scikit-video==1.1.11", "ctranslate2==4.8.5",
-                 "faster-whisper==1.2.1"],
+                 "faster-whisper==1.2.1", "openai==3.51.0"],
         # TensorFlow SavedModel export of serving bundles (python -m gemb.export).
         "serving": ["tensorflow-cpu==2.21.0"],
         "tpu": ["jax[tpu]==0.10.2"],  # libtpu for TPU VMs (launch/tpu_vm.py installs it)

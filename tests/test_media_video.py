@@ -10,7 +10,7 @@ import pytest
 
 from gemb.data.media import MediaError
 from gemb.data.media.image import load_image
-from gemb.data.media.video import MAX_FRAMES, load_video, sample_indices
+from gemb.data.media.video import MAX_FRAMES, load_video, sample_indices, video_frame_pixels
 
 SQUARE = 8
 
@@ -173,3 +173,62 @@ def test_truncated_video_is_a_media_error(squares):
   data = encode(squares)
   with pytest.raises(MediaError):
     load_video(data[:len(data) // 2], frames=4, size=16)
+
+
+# FFmpeg inputs that name other files: with probing, each of these makes the decoder open a
+# file of the machine (relative to the working directory, or absolute).
+FILE_READING_PAYLOADS = {
+    "concat": "ffconcat version 1.0\nfile {path}\n",
+    "concat_absolute": "ffconcat version 1.0\nfile {abspath}\n",
+    "concat_image2_pattern": "ffconcat version 1.0\nfile frame%03d.png\n",
+    "hls": "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{path}\n#EXT-X-ENDLIST\n",
+    "hls_file_url": "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile:{abspath}\n"
+                    "#EXT-X-ENDLIST\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FILE_READING_PAYLOADS))
+def test_playlists_naming_files_are_refused_whatever_the_file_system_holds(
+    squares, tmp_path, monkeypatch, kind):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "secret").mkdir()
+  (tmp_path / "secret" / "clip.mp4").write_bytes(encode(squares))
+  for k in range(3):
+    (tmp_path / f"frame{k:03d}.png").write_bytes(png(squares[k]))
+  messages = []
+  for name in ("clip.mp4", "no_such_file.mp4"):
+    payload = FILE_READING_PAYLOADS[kind].format(path=f"secret/{name}",
+                                                 abspath=tmp_path / "secret" / name)
+    with pytest.raises(MediaError) as error:
+      load_video(payload.encode(), frames=4, size=16)
+    messages.append(str(error.value))
+  assert messages[0] == messages[1], messages  # no file-existence oracle
+  assert str(tmp_path) not in messages[0] and "secret" not in messages[0]
+
+
+@pytest.mark.parametrize("fmt,codec,pix_fmt", [("mov", "libx264", "yuv420p"),
+                                               ("matroska", "libx264", "yuv420p"),
+                                               ("avi", "mpeg4", "yuv420p"),
+                                               ("mpegts", "mpeg2video", "yuv420p"),
+                                               ("gif", "gif", "rgb8")])
+def test_every_accepted_container_decodes(squares, fmt, codec, pix_fmt):
+  buf = io.BytesIO()
+  with av.open(buf, "w", format=fmt) as container:
+    stream = container.add_stream(codec, rate=10)
+    stream.height, stream.width, stream.pix_fmt = 64, 64, pix_fmt
+    for a in squares:
+      container.mux(stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")))
+    container.mux(stream.encode())
+  out = load_video(buf.getvalue(), frames=4, size=32)
+  for i, k in enumerate(sample_indices(20, 4)):
+    np.testing.assert_allclose(bright_center(out[i]), square_center(k, 0.5), atol=0.75)
+
+
+def test_frame_pixel_limit_is_checked_before_decoding(squares):
+  data = encode(squares)  # 64 x 64 frames
+  assert video_frame_pixels(data) == 64 * 64
+  assert load_video(data, frames=2, size=16, max_pixels=64 * 64).shape == (2, 16, 16, 3)
+  with pytest.raises(MediaError, match="64x64 pixels exceed 4095 pixels"):
+    load_video(data, frames=2, size=16, max_pixels=64 * 64 - 1)
+  with pytest.raises(MediaError, match="video frame 5: image of 64x64 pixels exceeds 100 pixels"):
+    load_video([png(a) for a in squares], frames=2, size=16, max_pixels=100)

@@ -65,19 +65,21 @@ class Embedder:
   def tasks(self):
     return dict(self.preprocessor.tasks)
 
-  def check_dim(self, dim):
-    """The output dim to use (None = the full embed_dim); InputError if impossible."""
+  def check_dim(self, dim, name="dim"):
+    """The output dim to use (None = the full embed_dim); InputError naming the argument
+    ``name`` if impossible."""
     if dim is None:
       return self.embed_dim
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) \
         or not 0 < dim <= self.embed_dim:
-      raise InputError(f"dim={dim!r} is impossible: an integer in [1, {self.embed_dim}] "
+      raise InputError(f"{name}={dim!r} is impossible: an integer in [1, {self.embed_dim}] "
                        f"(trained Matryoshka dims: {self.manifest['model']['matryoshka_dims']})")
     return int(dim)
 
-  def prepare(self, item, task=None, where="input"):
-    """One item -> (entry point, side): CPU preprocessing, safe to run in many threads."""
-    return self.preprocessor(item, task, where)
+  def prepare(self, item, task=None, where="input", budget=None):
+    """One item -> (entry point, side): CPU preprocessing, safe to run in many threads.
+    budget: a gemb.serving.preprocess.PixelBudget the item's images are charged to."""
+    return self.preprocessor(item, task, where, budget)
 
   def embed_prepared(self, prepared):
     """[(entry point, side)] -> raw float32 embeddings [n, D], in order.

@@ -30,6 +30,10 @@ class InputError(ValueError):
   """An input item of the wrong shape or type; the message names the item and field."""
 
 
+class LimitError(InputError):
+  """An input over a size limit of the server (gemb.serve answers 413)."""
+
+
 def segments(item, where="input"):
   """Python item -> [(modality, value, sample_rate or None)] in order."""
   if isinstance(item, (list, tuple)):

@@ -4,6 +4,9 @@ Decoding is gemb.data.examples.decode_segment (the training code path: same toke
 truncation, padding, image resize, audio resampling, video frame sampling); the task
 instruction is a leading text segment, as ExampleLoader puts it on training queries;
 packing is gemb.batch.pack_side padded to the entry point's fixed slots.
+
+A ``PixelBudget`` (gemb.serve makes one per request) bounds the pixels decoded: each image
+and video frame is measured from its header before a pixel of it is decoded.
 """
 
 import numpy as np
@@ -11,6 +14,8 @@ import numpy as np
 from gemb.batch import MODALITIES, pack_side
 from gemb.data.examples import InputShapes, decode_segment
 from gemb.data.media import MediaError
+from gemb.data.media.image import MAX_PIXELS, image_pixels
+from gemb.data.media.video import sample_indices, video_frame_pixels
 from gemb.serving import inputs
 from gemb.serving.bundle import INTERLEAVED, SINGLE_ENTRY_POINTS
 
@@ -41,14 +46,35 @@ class Preprocessor:
       self._instruction_ids[task] = self.tokenizer.encode([text], self.shapes.text_len)[0]
     return self._instruction_ids[task]
 
-  def __call__(self, item, task=None, where="input"):
-    """-> (entry point, side); raises InputError naming ``where`` and the bad field."""
+  def frame_pixels(self, modality, value):
+    """Pixels of each image / video frame that decoding ``value`` materializes, read from
+    headers only; [] where there are none (text, audio) or the value is not measurable (its
+    decoding then reports what is wrong)."""
+    if modality == "image":
+      return [image_pixels(value)]
+    if modality != "video":
+      return []
+    if isinstance(value, (bytes, bytearray, memoryview)):
+      return [video_frame_pixels(value)] * self.shapes.video_frames
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 4:
+      return [value.shape[1] * value.shape[2]] * self.shapes.video_frames
+    if not isinstance(value, (list, tuple, np.ndarray)) or not len(value):
+      return []
+    # Frame lists: only the sampled frames are decoded, each once.
+    return [image_pixels(value[k]) for k in sorted(set(sample_indices(
+        len(value), self.shapes.video_frames)))]
+
+  def __call__(self, item, task=None, where="input", budget=None):
+    """-> (entry point, side); raises InputError naming ``where`` and the bad field
+    (LimitError when ``budget``, a PixelBudget, is exceeded)."""
     instruction = self.instruction(task)
     decoded = [] if instruction is None else [("text", instruction)]
     for i, (modality, value, rate) in enumerate(inputs.segments(item, where)):
       field = f"{where}[{i}].{modality}" if isinstance(item, (list, tuple)) else \
           f"{where}.{modality}"
       try:
+        if budget is not None:
+          budget.spend(self.frame_pixels(modality, value), field)
         decoded.append((modality, decode_segment(modality, value, self.shapes, self.tokenizer,
                                                  source_rate=rate)))
       except MediaError as e:
@@ -61,6 +87,36 @@ class Preprocessor:
     raise inputs.InputError(
         f"{where}: {used} segments (with the task instruction) do not fit the bundle's "
         f"entry points; the most are {self.slots[INTERLEAVED]} (re-export with --slots)")
+
+
+class PixelBudget:
+  """The decoded pixels one request may use: ``per_image`` for each image or video frame,
+  ``per_request`` in all (CPU time and memory grow with pixels, not with encoded bytes: a
+  356 KB PNG can hold 64 Mpixel)."""
+
+  def __init__(self, per_image, per_request):
+    self.per_image, self.per_request, self.left = per_image, per_request, per_request
+
+  @classmethod
+  def for_shapes(cls, shapes, per_image=None, per_request=None):
+    """Defaults sized to the model: an image of up to 64x its input side (4096 x 4096 for
+    the default run's 64-pixel images; media.image.MAX_PIXELS at most) is worth resizing,
+    and a request may decode 16 of those."""
+    per_image = per_image or min(MAX_PIXELS, (64 * max(shapes.image_size, shapes.video_size))
+                                 ** 2)
+    return cls(per_image, per_request or 16 * per_image)
+
+  def spend(self, pixels, where):
+    """Charges the frames of one segment; LimitError before any is decoded if over."""
+    for n in pixels:
+      if n > self.per_image:
+        raise inputs.LimitError(f"{where}: an image of {n} pixels exceeds the limit of "
+                                f"{self.per_image} pixels per image (--max_image_pixels)")
+    if sum(pixels) > self.left:
+      raise inputs.LimitError(f"{where}: the request's images exceed the limit of "
+                              f"{self.per_request} decoded pixels per request "
+                              "(--max_request_pixels)")
+    self.left -= sum(pixels)
 
 
 def stack_sides(sides, size=None):

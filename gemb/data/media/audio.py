@@ -15,25 +15,76 @@ import soundfile
 from gemb.data.media import MediaError
 
 
+# Containers accepted in encoded audio, by their leading bytes: the formats the datasets and
+# users send. Everything else libsndfile could parse (20-odd rare formats) is refused
+# before any parser sees the bytes: less hostile-input surface on a server.
+_CONTAINERS = {"WAV", "WAVEX", "RF64", "FLAC", "OGG", "MP3", "AIFF"}
+_BLOCK_FRAMES = 1 << 16
+# The highest sample rate recorders use; a header (or a caller) claiming more is corrupt.
+MAX_RATE = 768_000
+
+
+def audio_container(data):
+  """The container of encoded audio bytes from their magic, or None if not accepted."""
+  head = bytes(data[:12])
+  if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+    return "WAV"
+  if head[:4] == b"RF64":
+    return "RF64"
+  if head[:4] == b"fLaC":
+    return "FLAC"
+  if head[:4] == b"OggS":
+    return "OGG"
+  if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+    return "AIFF"
+  if head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+    return "MP3"
+  return None
+
+
+def _decode_bytes(data, max_seconds):
+  if audio_container(data) is None:
+    raise MediaError("cannot decode audio: not a WAV, FLAC, OGG, MP3 or AIFF file")
+  try:
+    with soundfile.SoundFile(io.BytesIO(data)) as f:
+      if f.format not in _CONTAINERS:
+        raise MediaError(f"cannot decode audio: a {f.format} file (accepted: "
+                         f"{sorted(_CONTAINERS)})")
+      rate, frames = f.samplerate, f.frames
+      if not 0 < rate <= MAX_RATE or f.channels <= 0:
+        raise MediaError(f"cannot decode audio: {rate} Hz, {f.channels} channels")
+      _check_duration(frames, rate, max_seconds)
+      # Block by block to mono: memory stays at the mono clip whatever the channel count.
+      blocks, read = [], 0
+      while (chunk := f.read(_BLOCK_FRAMES, dtype="float32", always_2d=True)).size:
+        blocks.append(chunk.mean(axis=1, dtype=np.float32))
+        read += len(chunk)
+        _check_duration(read, rate, max_seconds)  # a header may under-declare its frames
+  except MediaError:
+    raise
+  except soundfile.LibsndfileError as e:
+    # str(e) names our in-memory buffer; libsndfile's own reason is the useful part.
+    raise MediaError(f"cannot decode audio: {e.error_string}") from None
+  # soundfile raises TypeError, ValueError, ... on hostile headers: all are bad records.
+  except Exception as e:  # noqa: BLE001
+    raise MediaError(f"cannot decode audio: {type(e).__name__}: {e}") from None
+  mono = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+  return mono, rate
+
+
 def decode_audio(value, *, source_rate=None, max_seconds=None):
   """Raw audio value -> (mono float32 [N], its sample rate), N > 0, all samples finite.
 
-  value: encoded bytes (WAV, OGG/Vorbis, FLAC: whatever libsndfile reads; the header gives
-  the rate and source_rate is ignored), or a float array [N] or [N, channels] (soundfile's
-  frames-by-channels layout) sampled at source_rate. Channels are averaged to mono.
-  max_seconds: longer clips raise MediaError, checked before decoding the samples so an
-  over-long file costs no decoding work.
+  value: encoded bytes (WAV, FLAC, OGG/Vorbis, MP3, AIFF by their leading bytes, read by
+  libsndfile from memory; the header gives the rate and source_rate is ignored), or a float
+  array [N] or [N, channels] (soundfile's frames-by-channels layout) sampled at source_rate.
+  Channels are averaged to mono. max_seconds: longer clips raise MediaError, checked
+  before decoding the samples so an over-long file costs no decoding work.
   """
   if isinstance(value, (bytes, bytearray, memoryview)):
     if not len(value):
       raise MediaError("empty audio bytes")
-    try:
-      with soundfile.SoundFile(io.BytesIO(bytes(value))) as f:
-        rate, frames = f.samplerate, f.frames
-        _check_duration(frames, rate, max_seconds)
-        samples = f.read(dtype="float32", always_2d=True)
-    except (RuntimeError, TypeError) as e:  # soundfile.LibsndfileError is a RuntimeError
-      raise MediaError(f"cannot decode audio: {e}") from e
+    mono, rate = _decode_bytes(bytes(value), max_seconds)
   else:
     if source_rate is None:
       raise MediaError("an audio array needs its source_rate")
@@ -45,13 +96,17 @@ def decode_audio(value, *, source_rate=None, max_seconds=None):
       samples = samples[:, None]
     if samples.ndim != 2:
       raise MediaError(f"expected an audio array [N] or [N, channels], got {samples.shape}")
+    if isinstance(source_rate, bool) or not isinstance(source_rate, (int, np.integer)) \
+        or not 0 < source_rate <= MAX_RATE:
+      raise MediaError(f"source_rate must be an integer in [1, {MAX_RATE}], got "
+                       f"{source_rate!r}")
     rate = int(source_rate)
-    if rate <= 0:
-      raise MediaError(f"source_rate must be positive, got {source_rate}")
     _check_duration(len(samples), rate, max_seconds)
-  if samples.shape[0] == 0 or samples.shape[1] == 0:
+    if samples.shape[1] == 0:
+      raise MediaError("audio has no samples")
+    mono = samples.astype(np.float32).mean(axis=1, dtype=np.float32)
+  if mono.shape[0] == 0:
     raise MediaError("audio has no samples")
-  mono = samples.astype(np.float32).mean(axis=1, dtype=np.float32)
   if not np.isfinite(mono).all():
     raise MediaError(f"audio has {np.count_nonzero(~np.isfinite(mono))} non-finite samples")
   return mono, rate
