@@ -1,5 +1,6 @@
 """gemb_wiki: the article links against the source files, the small build's splits, topics,
-negatives and speech, and every wiki task through the pipeline and a random model's eval.
+negatives and speech, and every wiki task through the pipeline and a random model's eval
+(tests/test_builtin_tasks.py trains each wiki retrieval task's batch through the loss).
 
 The links are checked on all of the installed data (reading it takes ~3 s); the records on
 the "small" build (~10 s), built once per module into a temporary data dir.
@@ -11,13 +12,12 @@ import os
 import random
 import re
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
 
 from configs import tiny
-from gemb import losses, parallel
+from gemb import parallel
 from gemb.batch import MODALITIES
 from gemb.data import pipeline, sources
 from gemb.data.builtin import speech, wiki
@@ -26,10 +26,8 @@ from gemb.data.tasks import ClassificationSpec
 from gemb.data.tokenizer import Tokenizer
 from gemb.eval.tasks import evaluate_dims, load_tasks
 from gemb.model.embedder_model import MultimodalEmbedder
-from gemb.train.step import embed_batch
 
 WIKI_TASKS = sorted(n for n, t in sources.BUILTIN_TASKS.items() if t.dataset == "wiki")
-KINDS = ("", "_topics", "_fr", "_es", "_speech")
 
 
 def _text(value):
@@ -345,18 +343,14 @@ def test_every_wiki_task_evaluates_a_random_model(setup, records):
   assert results["wiki_speech_to_extract"]["encode"]["queries"]["modalities"] == "text+audio"
 
 
-def test_retrieval_task_with_negatives_trains(setup):
-  """A train batch of the speech task (audio queries, hard negatives) through the loss."""
-  c, tokenizer = setup
-  c = c.copy_and_resolve_references()
-  c.data.tasks, c.data.weights = ("wiki_speech_to_extract",), (1.0,)
-  b = next(iter(pipeline.train_dataset(c, tokenizer, seed=0)))
-  b.pop("task_index"), b.pop("skipped")
-  assert b["negatives"]["layout"].shape[:2] == (4, 2)
-  model = MultimodalEmbedder(c.model, rngs=nnx.Rngs(0))
-  q, cand, neg = embed_batch(model, b)
-  value = losses.contrastive_loss(q, cand, neg, query_id=b["query_id"],
-                                  candidate_id=b["candidate_id"],
-                                  negative_id=b.get("negative_id"), logit_scale=10.0,
-                                  logit_bias=0.0, config=c.loss)[0]
-  assert np.isfinite(float(jax.device_get(value))) and float(value) > 0
+def test_a_bad_entry_is_named(tmp_path):
+  entries = {"Tax": {"title": "Tax", "extract": "A tax is a charge.", "description": "Levy",
+                     "topic": "Society and social sciences"},
+             "Tea": {"title": "Tea", "description": "Drink", "topic": "Everyday life"}}
+  (tmp_path / wiki.FILES["en"]).write_text(json.dumps(entries), encoding="utf-8")
+  with pytest.raises(ValueError, match=r"summaries_en-us.json: entry 'Tea' has no string "
+                                       r"field 'extract'"):
+    wiki.load_pages("en", str(tmp_path))
+  del entries["Tea"]
+  (tmp_path / wiki.FILES["en"]).write_text(json.dumps(entries), encoding="utf-8")
+  assert [p.title for p in wiki.load_pages("en", str(tmp_path))] == ["Tax"]

