@@ -14,7 +14,7 @@ import os
 import tensorflow_datasets as tfds
 
 from gemb.data import external
-from gemb.data.builtin import clipart, code, composed, emoji, speech, video, wordnet
+from gemb.data.builtin import clipart, code, composed, emoji, speech, video, wiki, wordnet
 from gemb.data.tasks import is_zero_shot
 
 # Name used in configs (data_config.dataset) -> builder class. New builders plug in here.
@@ -26,9 +26,11 @@ BUILDERS = {
     "video": video.GembVideo,
     "wordnet": wordnet.GembWordnet,
     "code": code.GembCode,
+    "wiki": wiki.GembWiki,
 }
 # Task name -> TaskSpec of every built-in dataset (each builder module declares its TASKS).
-BUILTIN_TASKS = {t.name: t for module in (emoji, clipart, composed, speech, video, wordnet, code)
+BUILTIN_TASKS = {t.name: t for module in (emoji, clipart, composed, speech, video, wordnet, code,
+                                          wiki)
                  for t in module.TASKS}
 # Built-in tasks that only evaluate: zero-shot classification (no train_split) has no
 # training pairs.
