@@ -376,6 +376,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
       # Keep-alive would hold this worker while other connections wait for one.
       self.send_header("Connection", "close")
       self.close_connection = True
+    else:  # tells clients that honour it when an idle connection is closed
+      self.send_header("Keep-Alive", f"timeout={int(self.server.idle_timeout_s)}")
     self.end_headers()
     self.wfile.write(data)
 
