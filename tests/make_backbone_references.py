@@ -31,6 +31,10 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # this checkout's gemb, also when not installed
+
+from gemb.pretrained.fetch import default_dir  # noqa: E402
+
 OUT_DIR = os.path.join(HERE, "fixtures", "backbones")
 
 # Short texts: every length class down to one word, several scripts, code, emoji, whitespace.
@@ -202,7 +206,7 @@ def main(argv=None):
   parser.add_argument("--dir", help="the model directory (default: gemb.pretrained's cache)")
   parser.add_argument("--out", default=None, help="output .npz (default: tests/fixtures/...)")
   args = parser.parse_args(argv)
-  model_dir = args.dir or os.path.join(os.path.expanduser("~/.cache/gemb/pretrained"), args.name)
+  model_dir = args.dir or default_dir(args.name)
   if not os.path.isfile(os.path.join(model_dir, "modules.json")):
     sys.exit(f"{model_dir}/modules.json not found: run "
              f"`python -m gemb.pretrained fetch {args.name} --dir={model_dir}` first")
