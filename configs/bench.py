@@ -11,34 +11,39 @@ tokens) in bfloat16, batch 256, for one GPU (launch/gpu_bench.sh).
   python -m gemb.bench --config=configs/bench.py --table --table_out=/tmp/perf.md
 """
 
-from configs import tiny
-from configs.common import model_config
+from configs.common import base_config, model_config, stage
 
 
 def get_config(arg=None):
-  c = tiny.get_config()
   if arg == "small":
-    c.model = model_config(width=128, depth=2, heads=4, mlp_dim=512, embed_dim=128,
-                           vocab_size=1024, text_len=16, image_size=32, patch=8,
-                           modalities=("text", "image"))
-    c.data.vocab_size = 1024
-    c.loss.matryoshka_dims = (128,)
+    model = model_config(width=128, depth=2, heads=4, mlp_dim=512, embed_dim=128,
+                         vocab_size=1024, text_len=16, image_size=32, patch=8,
+                         modalities=("text", "image"))
   elif arg == "vitb":
-    c.model = model_config(width=768, depth=12, heads=12, mlp_dim=3072, embed_dim=512,
-                           vocab_size=32768, text_len=77, image_size=224, patch=16,
-                           modalities=("text", "image"))
-    c.model.dtype = "bfloat16"
-    c.data.vocab_size = 32768
-    c.loss.matryoshka_dims = (512,)
+    model = model_config(width=768, depth=12, heads=12, mlp_dim=3072, embed_dim=512,
+                         vocab_size=32768, text_len=77, image_size=224, patch=16,
+                         modalities=("text", "image"))
+    model.dtype = "bfloat16"
   elif arg:
     raise ValueError(f"configs/bench.py: unknown variant {arg!r} (use '', 'small' or 'vitb')")
   else:
-    c.model = model_config(width=256, depth=4, heads=4, mlp_dim=1024, embed_dim=256,
-                           vocab_size=8192, text_len=32, image_size=64, patch=8,
-                           modalities=("text", "image"))
-    c.data.vocab_size = 8192
-    c.loss.matryoshka_dims = (256,)
+    model = model_config(width=256, depth=4, heads=4, mlp_dim=1024, embed_dim=256,
+                         vocab_size=8192, text_len=32, image_size=64, patch=8,
+                         modalities=("text", "image"))
+  # Emoji image -> name: the task the synthetic bench batches have the shapes of. The stages
+  # only set the learning-rate schedule the timed steps run at.
+  c = base_config(
+      model, tasks=("emoji_image_to_name",),
+      eval_tasks=("emoji_image_to_name", "emoji_name_to_image"),
+      stages=[
+          stage("align", 200),
+          stage("finetune", 100,
+                data=dict(tasks=("emoji_image_to_name", "emoji_name_to_image"),
+                          weights=(1.0, 1.0), batch_size=64),
+                optimizer=dict(schedule="continue")),
+      ])
   c.data.batch_size = 256 if arg == "vitb" else 128
+  c.loss.matryoshka_dims = (model.embed_dim,)
   c.loss.matryoshka_weights = (1.0,)
   c.bench = dict(
       mode="train",        # train: the train step | embed: forward-only eval encoder

@@ -28,8 +28,7 @@ The curriculum follows the Gemini Embedding recipe at CPU scale:
 
 from ml_collections import config_dict
 
-from configs import tiny
-from configs.common import model_config, stage
+from configs.common import base_config, model_config, stage
 from gemb.data import sources
 
 
@@ -48,25 +47,24 @@ FROZEN = r"^(audio/whisper|image/efficientnet)/"
 
 
 def get_config(arg=None):
-  c = tiny.get_config(arg)
-  vocab = config_dict.FieldReference(4096)
-  c.model = model_config(width=128, depth=2, heads=4, mlp_dim=512, embed_dim=256,
-                         vocab_size=vocab, text_len=32, image_size=32, patch=8)
+  del arg
+  model = model_config(width=128, depth=2, heads=4, mlp_dim=512, embed_dim=256,
+                       vocab_size=config_dict.FieldReference(4096), text_len=32,
+                       image_size=32, patch=8)
   # Audio through a pretrained Whisper tiny encoder, frozen (measured at the end of a run,
   # x chance R@1 vs linear log-mel patches: speech -> text 18 vs 12, text -> speech 14 vs 8,
   # narrated video -> text 25 vs 15). 1.25 s covers the spoken names and most clips (median
   # 0.9 s) at 60% of the encoder cost of 2 s.
-  c.model.audio.encoder = "whisper"
-  c.model.audio.num_samples = 20000
-  c.model.video.frames = 4           # 4 frames x 16 patches: motion, at half the tokens of 8
+  model.audio.encoder = "whisper"
+  model.audio.num_samples = 20000
+  model.video.frames = 4           # 4 frames x 16 patches: motion, at half the tokens of 8
   # Images through a pretrained ImageNet EfficientNet-Lite0, frozen: 64 x 64 pixels, its
   # stride-16 features as 4 x 4 tokens (measured at the end of align, x chance R@1 vs 8 x 8
   # patches of 32 x 32 images: clip-art image -> title 22 vs 3, keywords -> image 20 vs 1,
   # emoji image -> name 20 vs 3; and with the images learned faster, WordNet word ->
   # definition 146 vs 17, code -> docstring 60 vs 23). Videos keep 32 x 32 patches.
-  c.model.image.encoder = "efficientnet_lite0"
-  c.model.image.size = 64
-  c.data.vocab_size = vocab
+  model.image.encoder = "efficientnet_lite0"
+  model.image.size = 64
   # Task weights by how slowly each learns (measured: emoji names, speech, WordNet and code
   # pairs need the most steps; video and composed pairs the fewest). Speech at weight 1 on
   # Whisper ended at 5x instead of 18x (and clip art at 2 no better than at 1.5). The 39
@@ -75,7 +73,21 @@ def get_config(arg=None):
   fast = {"speech_real_audio_to_text": 0.5}
   weights = lambda tasks: tuple(fast.get(t, slow.get(t.split("_")[0], 1.0))  # noqa: E731
                                 for t in tasks)
-  c.data.tasks = TRAIN_TASKS
+  # Step counts fit the run in 20 minutes; the pretrained image features learn in 2700 align
+  # steps what from-scratch patches did not in 4200. The model meets instructions only in
+  # finetune (in align they cost most tasks, measured: WordNet word -> definition 37x vs 80x
+  # at the end of align), so finetune needs the steps and the learning rate to adapt to them
+  # (measured, 2700 + 600 steps at 2e-4 vs 3000 + 400 at 1e-4, word -> definition 66x vs 38x
+  # at the end, and the soup's mean R@1 0.3 points under the best checkpoint instead of 1.9).
+  c = base_config(
+      model, tasks=TRAIN_TASKS, eval_tasks=EVAL_TASKS,
+      stages=[
+          stage("align", 2700, freeze=FROZEN,
+                data=dict(tasks=ALIGN_TASKS, weights=weights(ALIGN_TASKS), num_negatives=0,
+                          instructions=False)),
+          stage("finetune", 600, freeze=FROZEN, data=dict(num_negatives=2, instructions=True),
+                optimizer=dict(learning_rate=2e-4, warmup_steps=20)),
+      ])
   c.data.weights = weights(TRAIN_TASKS)
   # Small batches, many steps: at this scale the number of updates per task limits learning
   # more than the number of in-batch negatives (32 examples: ~5 steps/s on 2 cores).
@@ -92,21 +104,6 @@ def get_config(arg=None):
   # padding of the small sides (36 real recordings, 138 narrated clips through Whisper) cost
   # a third of an eval; at 64 an eval of every task takes 42 s instead of 61 (measured).
   c.eval.batch_size = 64
-  c.eval.tasks = EVAL_TASKS
-
-  # Step counts fit the run in 20 minutes; the pretrained image features learn in 2700 align
-  # steps what from-scratch patches did not in 4200. The model meets instructions only in
-  # finetune (in align they cost most tasks, measured: WordNet word -> definition 37x vs 80x
-  # at the end of align), so finetune needs the steps and the learning rate to adapt to them
-  # (measured, 2700 + 600 steps at 2e-4 vs 3000 + 400 at 1e-4, word -> definition 66x vs 38x
-  # at the end, and the soup's mean R@1 0.3 points under the best checkpoint instead of 1.9).
-  c.stages = [
-      stage("align", 2700, freeze=FROZEN,
-            data=dict(tasks=ALIGN_TASKS, weights=weights(ALIGN_TASKS), num_negatives=0,
-                      instructions=False)),
-      stage("finetune", 600, freeze=FROZEN, data=dict(num_negatives=2, instructions=True),
-            optimizer=dict(learning_rate=2e-4, warmup_steps=20)),
-  ]
   c.train.checkpoint_every = 100  # the soup's last 3 checkpoints all fall in finetune
   c.train.keep_checkpoints = 3
   c.soup = dict(kind="last", num=3)

@@ -43,12 +43,6 @@ NO_SEGMENT = -1
 PAD_ID = 0
 
 SIDES = ("query", "candidate", "negatives")
-ID_KEYS = {"query": "query_id", "candidate": "candidate_id", "negatives": "negative_id"}
-
-
-def batch_size(side):
-  """Number of examples in a side (the leading dim of its layout)."""
-  return side["layout"].shape[0]
 
 
 def flatten_negatives(side):

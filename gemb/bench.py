@@ -143,9 +143,9 @@ def timed(fn, warmup, steps):
 def run_embed(config):
   """Forward-only embedding throughput through the evaluation's encoder."""
   mesh = parallel.make_mesh(config.mesh, devices=jax.devices()[:config.bench.devices or None])
-  graphdef, state, _, _, _ = create_train_state(config, mesh)
+  setup, state = create_train_state(config, mesh)
   batch_size = config.bench.embed_batch
-  embed = make_embed_fn(graphdef, state["params"], mesh, batch_size)
+  embed = make_embed_fn(setup.graphdef, state["params"], mesh, batch_size)
   batch = synthetic_batch(config, batch_size=batch_size)
   sides = (batch["query"], batch["candidate"])  # one image batch, one text batch
   times = timed(lambda: jax.block_until_ready([embed(side) for side in sides]),
@@ -168,8 +168,9 @@ def run(config):
   if mode == "embed":
     return run_embed(config)
   mesh = parallel.make_mesh(config.mesh, devices=jax.devices()[:config.bench.devices or None])
-  graphdef, state, shardings, tx, schedule = create_train_state(config, mesh)
-  step_fn = make_train_step(graphdef, tx, schedule, config, mesh, shardings)
+  setup, state = create_train_state(config, mesh)
+  step_fn = make_train_step(setup.graphdef, setup.tx, setup.schedule, config, mesh,
+                            setup.shardings)
   with jax.set_mesh(mesh):
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, abstract_batch(config, mesh)).compile()

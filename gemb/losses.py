@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from gemb import parallel
 from gemb.model.embedder_model import matryoshka
 
 KINDS = ("infonce", "sigmoid")
@@ -271,7 +272,7 @@ def _local_loss(x, scale, bias, *, settings, axes, global_b):
 
 def contrastive_loss(query, candidate, negatives=None, *, query_id, candidate_id,
                      negative_id=None, logit_scale, logit_bias=None, config, mesh=None,
-                     batch_axes=("data", "fsdp")):
+                     batch_axes=parallel.BATCH_AXES):
   """Contrastive loss of a batch of raw embeddings, with negatives from the whole mesh.
 
   Args:
@@ -340,8 +341,7 @@ def contrastive_loss(query, candidate, negatives=None, *, query_id, candidate_id
 
   if mesh is None:
     return _local_loss(x, scale, bias, settings=settings, axes=(), global_b=query.shape[0])
-  axes = tuple(a for a in batch_axes if a in mesh.shape)
-  shards = math.prod(mesh.shape[a] for a in axes)
+  axes, shards = parallel.batch_shards(mesh, batch_axes)
   if query.shape[0] % shards:
     raise ValueError(
         f"global batch {query.shape[0]} is not divisible by the {shards} shards of mesh axes "

@@ -122,6 +122,16 @@ def create_sharded(make_module, mesh):
   return graphdef, params
 
 
+def batch_shards(mesh, axes=BATCH_AXES):
+  """(the axes of ``axes`` that ``mesh`` has, the number of shards they split a batch into);
+  ((), 1) without a mesh. The one count of batch shards that the config checks, the loss,
+  GradCache and the eval use."""
+  if mesh is None:
+    return (), 1
+  present = tuple(a for a in axes if a in mesh.shape)
+  return present, math.prod(mesh.shape[a] for a in present)
+
+
 def batch_sharding(mesh, ndim=1):
   """Sharding of an array whose leading dim is the batch."""
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))

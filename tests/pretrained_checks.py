@@ -4,7 +4,7 @@ import jax
 import numpy as np
 
 from gemb import parallel
-from gemb.run.curriculum import param_path
+from gemb.trees import param_path
 from gemb.run.init_params import load_pretrained_params
 from gemb.run.state import create_train_state
 
@@ -14,7 +14,7 @@ def check_pretrained_params_land(config, prefix, pretrained):
   array under ``prefix`` equals ``pretrained``'s, every other one is the fresh one, and every
   sharding is kept. -> {path: loaded array}."""
   mesh = parallel.make_mesh(dict(data=2, fsdp=2, tensor=2))
-  _, state, _, _, _ = create_train_state(config, mesh)
+  _, state = create_train_state(config, mesh)
   fresh = {param_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
   loaded = load_pretrained_params(config.model, state["params"])
   flat = {param_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(loaded)[0]}

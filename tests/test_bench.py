@@ -65,8 +65,9 @@ def test_bfloat16_compute_is_close_to_float32():
     config = tiny_bench_config()
     config.model.dtype = dtype
     mesh = parallel.make_mesh(config.mesh, devices=jax.devices()[:1])
-    graphdef, state, shardings, tx, schedule = create_train_state(config, mesh)
-    step = make_train_step(graphdef, tx, schedule, config, mesh, shardings)
+    setup, state = create_train_state(config, mesh)
+    step = make_train_step(setup.graphdef, setup.tx, setup.schedule, config, mesh,
+                           setup.shardings)
     batch = parallel.host_to_global(bench.synthetic_batch(config), mesh)
     with jax.set_mesh(mesh):
       hlo = step.lower(state, batch).as_text()

@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from gemb.data.builtin import composed
-from gemb.data.builtin import emoji
+from gemb.data.builtin import emoji, glyphs
 
 SPLITS = ("train", "validation", "test")
 SKIP_IMAGES = {"base_image": tfds.decode.SkipDecoding(),
@@ -19,8 +19,8 @@ SKIP_IMAGES = {"base_image": tfds.decode.SkipDecoding(),
 
 @pytest.fixture(scope="module")
 def emojis():
-  with open(emoji.EMOJI_TEST_PATH, encoding="utf-8") as f:
-    return emoji.parse_emoji_test(f.read())
+  with open(glyphs.EMOJI_TEST_PATH, encoding="utf-8") as f:
+    return glyphs.parse_emoji_test(f.read())
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_triples_are_well_posed(triples, emojis):
   for t in triples:
     assert t.modifier and t.target.base_key == t.base.base_key
     assert set(t.kind.split("+")) <= set(composed.KINDS)
-    assert not any(c in emoji.SKIN_TONES for c in t.base.codepoints)
+    assert not any(c in glyphs.SKIN_TONES for c in t.base.codepoints)
   kinds = collections.Counter(t.kind for t in triples)
   assert kinds["skin_tone"] > 700 and kinds["gender"] > 100 and kinds["hair"] > 0
   # Toned bases (the two-hand handshake family) give no triples at all.
@@ -120,7 +120,7 @@ def test_records_match_triples(records, triples):
                                                                       t.target.name)
       counts[split, r["target_id"]] += 1
   per_triple = {split: {n for (s, _), n in counts.items() if s == split} for split in SPLITS}
-  assert per_triple == {"train": {emoji.TRAIN_RENDERINGS}, "validation": {1}, "test": {1}}
+  assert per_triple == {"train": {glyphs.TRAIN_RENDERINGS}, "validation": {1}, "test": {1}}
   # Small takes whole families: every triple of a chosen family is there.
   for split in SPLITS:
     families = {by_target[r["target_id"]].base.base_key for r in records[split]}
@@ -131,7 +131,7 @@ def test_records_match_triples(records, triples):
 def test_splits_agree_with_emoji(records, triples, emojis):
   """Each family is in the split gemb_emoji gives it, so no emoji test family trains here."""
   by_target = {t.target.item_id: t for t in triples}
-  emoji_split = {e.item_id: emoji.split_of(e.base_key) for e in emojis}
+  emoji_split = {e.item_id: glyphs.split_of(e.base_key) for e in emojis}
   emoji_test_families = {e.base_id for e in emojis if emoji_split[e.item_id] == "test"}
   for split in SPLITS:
     for r in records[split]:
@@ -152,7 +152,7 @@ def test_images_are_gemb_emoji_renderings(records, emojis):
       for field, id_field in (("base_image", "base_id"), ("target_image", "target_id")):
         e = by_id[r[id_field]]
         if e.item_id not in rendered:
-          rendered[e.item_id] = emoji.render_pngs(e, train=split == "train")
+          rendered[e.item_id] = glyphs.render_pngs(e, train=split == "train")
         assert r[field] in rendered[e.item_id]
     if split == "train":  # the i-th renderings of base and target go together
       r = records[split][0]
@@ -177,14 +177,14 @@ def test_emoji_small_config(emoji_records, emojis):
               for split in SPLITS}
   assert {s: len(f) for s, f in families.items()} == emoji.SMALL_FAMILIES
   for split in SPLITS:
-    assert all(emoji.split_of(k) == split for k in families[split])
+    assert all(glyphs.split_of(k) == split for k in families[split])
     # Whole families, with the records the full config has for them.
     want = {e.item_id for e in emojis if e.base_key in families[split]}
     assert {r["item_id"] for r in emoji_records[split]} == want
-    n = emoji.TRAIN_RENDERINGS if split == "train" else 1
+    n = glyphs.TRAIN_RENDERINGS if split == "train" else 1
     assert len(emoji_records[split]) == n * len(want)
   r = emoji_records["test"][0]
-  assert r["image"] in emoji.render_pngs(truth[r["item_id"]], train=False)
+  assert r["image"] in glyphs.render_pngs(truth[r["item_id"]], train=False)
   names = [t.name for t in emoji.TASKS]
   assert names == ["emoji_image_to_name", "emoji_name_to_image", "emoji_group_zero_shot"]
   for t in emoji.TASKS:
@@ -194,7 +194,7 @@ def test_emoji_small_config(emoji_records, emojis):
 
 
 def test_missing_debian_file_names_the_package(tmp_path, monkeypatch):
-  monkeypatch.setattr(emoji, "FONT_PATH", str(tmp_path / "nope.ttf"))
+  monkeypatch.setattr(glyphs, "FONT_PATH", str(tmp_path / "nope.ttf"))
   builder = composed.GembComposed(config="small", data_dir=str(tmp_path))
   with pytest.raises(FileNotFoundError, match="fonts-noto-color-emoji"):
     builder.download_and_prepare(download_dir=str(tmp_path / "downloads"))

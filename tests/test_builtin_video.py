@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import tensorflow_datasets as tfds
 
-from gemb.data.builtin import emoji, video
+from gemb.data.builtin import glyphs, tts, video
 from gemb.data.media.video import load_video
 from gemb.batch import MODALITIES
 
@@ -73,8 +73,8 @@ def test_splits_are_disjoint_by_clip_and_by_object(records):
     assert not items[a] & items[b]
     assert not objects[a] & objects[b]
   # The split of an emoji is gemb_emoji's split of its family; a digit's is its own hash.
-  with open(emoji.EMOJI_TEST_PATH, encoding="utf-8") as f:
-    emojis = emoji.parse_emoji_test(f.read())
+  with open(glyphs.EMOJI_TEST_PATH, encoding="utf-8") as f:
+    emojis = glyphs.parse_emoji_test(f.read())
   kinds = collections.Counter()
   for split in MAIN:
     for object_id in objects[split]:
@@ -85,7 +85,7 @@ def test_splits_are_disjoint_by_clip_and_by_object(records):
         key = emojis[object_id].base_key
         assert emojis[object_id].item_id == emojis[object_id].base_id
         kinds["emoji"] += 1
-      assert emoji.split_of(key) == split, (object_id, split)
+      assert glyphs.split_of(key) == split, (object_id, split)
   assert kinds["digit"] and kinds["emoji"]
 
 
@@ -238,7 +238,7 @@ def test_plan_draws_unique_captions_and_uses_every_object(objects, plan):
   assert set(starters) == {o.key for o in objects}
   for c in clips:
     assert len({t.obj.name for t in c.tracks}) == len(c.tracks)
-    assert {emoji.split_of(t.obj.key) for t in c.tracks} == {c.split}
+    assert {glyphs.split_of(t.obj.key) for t in c.tracks} == {c.split}
 
 
 def test_articles():
@@ -272,10 +272,10 @@ def test_tasks_read_existing_fields_and_splits(built):
 
 
 def test_missing_packages_are_named(monkeypatch):
-  monkeypatch.setattr(emoji, "FONT_PATH", "/nonexistent/NotoColorEmoji.ttf")
+  monkeypatch.setattr(glyphs, "FONT_PATH", "/nonexistent/NotoColorEmoji.ttf")
   with pytest.raises(FileNotFoundError, match="fonts-noto-color-emoji"):
     video.load_objects()
-  monkeypatch.setattr(video.shutil, "which", lambda name: None)
+  monkeypatch.setattr(tts.shutil, "which", lambda name: None)
   with pytest.raises(FileNotFoundError, match="espeak-ng"):
     video.GembVideo(config="small", data_dir="/nonexistent")._split_generators(None)
 

@@ -7,6 +7,7 @@ import pytest
 
 from configs import default, tiny
 from configs.common import stage
+from gemb.eval import retrieval
 from gemb.run import curriculum
 from gemb.train import config_check, loop
 
@@ -39,8 +40,6 @@ def test_stages_override_only_their_keys():
   assert finetune.config.eval.dims == c.eval.dims
   assert finetune.freeze == "^image/" and align.freeze == ""
   assert c.data.batch_size == 128  # the top level is untouched
-  assert curriculum.stage_at([align, finetune, polish], 100) is finetune
-  assert curriculum.stage_at([align, finetune, polish], 10**6) is polish
 
 
 def reference_lr(step):
@@ -105,6 +104,22 @@ def test_validate_names_the_bad_key(override, key):
   c = tiny.get_config()
   override(c)
   with pytest.raises(ValueError, match=key):
+    config_check.validate(c)
+
+
+def test_every_allowed_best_metric_is_one_an_eval_reports():
+  """train.best_metric ranks checkpoints by a metric of the eval results, so each allowed
+  value must be a key of what a retrieval eval computes (gemb/eval/tasks.py calls
+  retrieval_metrics with its default cutoffs); one that no eval reports (mAP) is refused."""
+  emb = np.eye(12, dtype=np.float32)
+  reported = retrieval.retrieval_metrics(emb, emb, [{i: 1} for i in range(12)])
+  c = tiny.get_config()
+  for metric in config_check.BEST_METRICS:
+    assert reported[metric] == 1.0, metric  # reported, and higher is better
+    c.train.best_metric = metric
+    config_check.validate(c)
+  c.train.best_metric = "mAP"
+  with pytest.raises(ValueError, match=r"train.best_metric: 'mAP' is not a retrieval metric"):
     config_check.validate(c)
 
 

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from configs import tiny
 from gemb.data import pipeline
 from gemb.data import sources
-from gemb.data.builtin import emoji
+from gemb.data.builtin import glyphs
 from gemb.data.tokenizer import Tokenizer
 from gemb import batch
 
@@ -30,8 +30,8 @@ def data_config(emoji_data_dir):
 
 @pytest.fixture(scope="session")
 def emojis():
-  with open(emoji.EMOJI_TEST_PATH, encoding="utf-8") as f:
-    return emoji.parse_emoji_test(f.read())
+  with open(glyphs.EMOJI_TEST_PATH, encoding="utf-8") as f:
+    return glyphs.parse_emoji_test(f.read())
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ def _names_by_item(recs):
 # ---------------------------------------------------------------- emoji-test.txt parsing
 
 def test_parse_keeps_fully_qualified_entries(emojis):
-  with open(emoji.EMOJI_TEST_PATH, encoding="utf-8") as f:
+  with open(glyphs.EMOJI_TEST_PATH, encoding="utf-8") as f:
     expected = sum("; fully-qualified" in line for line in f)
   assert len(emojis) == expected > 3000
   assert [e.item_id for e in emojis] == list(range(len(emojis)))
@@ -87,11 +87,11 @@ def test_variants_share_their_base(emojis):
 def test_parse_errors_name_the_line():
   header = "# group: G\n# subgroup: s\n"
   with pytest.raises(ValueError, match="line 3"):
-    emoji.parse_emoji_test(header + "1F600 ; fully-qualified # \U0001F600 no version\n")
+    glyphs.parse_emoji_test(header + "1F600 ; fully-qualified # \U0001F600 no version\n")
   with pytest.raises(ValueError, match="do not spell"):
-    emoji.parse_emoji_test(header + "1F600 ; fully-qualified # \U0001F603 E1.0 x\n")
+    glyphs.parse_emoji_test(header + "1F600 ; fully-qualified # \U0001F603 E1.0 x\n")
   with pytest.raises(ValueError, match="duplicate names"):
-    emoji.parse_emoji_test(header + "1F600 ; fully-qualified # \U0001F600 E1.0 x\n"
+    glyphs.parse_emoji_test(header + "1F600 ; fully-qualified # \U0001F600 E1.0 x\n"
                            "1F603 ; fully-qualified # \U0001F603 E1.0 x\n")
 
 
@@ -101,7 +101,7 @@ def test_split_sizes(records, emojis, data_config):
   builder = sources.prepared_builder("emoji", data_config.data.data_dir)
   items = {split: _items(records[split]) for split in SPLITS}
   assert sum(map(len, items.values())) == len(emojis)
-  assert len(records["train"]) == emoji.TRAIN_RENDERINGS * len(items["train"])
+  assert len(records["train"]) == glyphs.TRAIN_RENDERINGS * len(items["train"])
   assert len(records["validation"]) == len(items["validation"])
   assert len(records["test"]) == len(items["test"])
   for split in SPLITS:
@@ -137,7 +137,7 @@ def test_build_is_reproducible(records, emojis):
     for r in records[split]:
       stored[r["item_id"]].add(r["image"])
     for item_id in sorted(stored)[:10]:
-      fresh = emoji.render_pngs(truth[item_id], train=split == "train")
+      fresh = glyphs.render_pngs(truth[item_id], train=split == "train")
       assert stored[item_id] == set(fresh)
 
 
@@ -148,7 +148,7 @@ def test_train_renderings_differ_eval_is_canonical(records):
   for pngs in list(by_item.values())[:50]:
     pixels = [np.asarray(Image.open(io.BytesIO(p))) for p in pngs]
     assert all(p.shape == (64, 64, 3) and p.dtype == np.uint8 for p in pixels)
-    assert len({p.tobytes() for p in pixels}) == emoji.TRAIN_RENDERINGS
+    assert len({p.tobytes() for p in pixels}) == glyphs.TRAIN_RENDERINGS
   for r in records["test"][:50]:
     pixels = np.asarray(Image.open(io.BytesIO(r["image"])))
     assert (pixels[0, 0] == 255).all() and (pixels[-1, -1] == 255).all()  # White margin.

@@ -187,8 +187,9 @@ def test_train_step_with_cache_chunk_equals_plain_step():
   data = [parallel.host_to_global(make_batch(seed), mesh) for seed in range(2)]
 
   def run(config):
-    graphdef, state, shardings, tx, schedule = create_train_state(config, mesh)
-    step = make_train_step(graphdef, tx, schedule, config, mesh, shardings)
+    train_setup, state = create_train_state(config, mesh)
+    step = make_train_step(train_setup.graphdef, train_setup.tx, train_setup.schedule, config,
+                           mesh, train_setup.shardings)
     out = []
     with jax.set_mesh(mesh):
       for batch in data:

@@ -46,9 +46,11 @@ def batches(n, seed=0):
 
 
 def run_steps(config, mesh, data, frozen_pattern=""):
-  graphdef, state, shardings, tx, schedule = create_train_state(config, mesh)
+  setup, state = create_train_state(config, mesh)
+  shardings = setup.shardings
   frozen = frozen_mask(state["params"], frozen_pattern) if frozen_pattern else None
-  step = make_train_step(graphdef, tx, schedule, config, mesh, shardings, frozen)
+  step = make_train_step(setup.graphdef, setup.tx, setup.schedule, config, mesh, shardings,
+                         frozen)
   losses = []
   with jax.set_mesh(mesh):
     for batch in data:
@@ -120,7 +122,8 @@ def test_frozen_parameters_do_not_move():
   config = small_config()
   config.optimizer.weight_decay = 0.5  # decay would move them if the update were not masked
   mesh = parallel.make_mesh(dict(data=8, fsdp=1, tensor=1))
-  graphdef, init, _, _, _ = create_train_state(config, mesh)
+  setup, init = create_train_state(config, mesh)
+  graphdef = setup.graphdef
   init = jax.tree.map(np.asarray, init["params"])
   state, _, _, _ = run_steps(config, mesh, batches(2), frozen_pattern="^(image|encoder/blocks/mlp)/")
   after = state["params"]

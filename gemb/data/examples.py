@@ -22,6 +22,7 @@ from gemb.data.media.image import load_image
 from gemb.data.media.video import load_video
 from gemb.batch import MODALITIES, PAD_ID, pack_side
 
+ON_BAD_RECORD = ("error", "skip")  # config.data.on_bad_record (module docstring)
 # Examples carrying fewer hard negatives than K are padded with this id; the loss masks
 # every column whose id is negative, so padding never acts as a negative.
 PAD_NEGATIVE_ID = -1
@@ -115,7 +116,7 @@ class ExampleLoader:
 
   def __init__(self, task, source, records, tokenizer, shapes, *, split, num_negatives=0,
                on_bad_record="error", task_index=0, instructions=True):
-    if on_bad_record not in ("error", "skip"):
+    if on_bad_record not in ON_BAD_RECORD:
       raise ValueError(f"data.on_bad_record={on_bad_record!r}; choose 'error' or 'skip'")
     self.task, self.source, self.records = task, source, np.asarray(records)
     self.tokenizer, self.shapes, self.split = tokenizer, shapes, split

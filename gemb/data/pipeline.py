@@ -38,6 +38,7 @@ _MAX_PREFETCH = 512
 
 # config.data.custom_tasks[name]["kind"] -> the spec class of the task.
 TASK_KINDS = {"retrieval": TaskSpec, "classification": ClassificationSpec}
+MIXINGS = ("task", "example")  # config.data.mixing (module docstring)
 
 
 def task_registry(config):
@@ -153,7 +154,7 @@ def train_dataset(config, tokenizer, *, seed, process_index=0, process_count=1):
   names, weights = tuple(d.tasks), tuple(d.weights) if d.weights else (1.0,) * len(d.tasks)
   if not names or len(weights) != len(names) or min(weights) <= 0:
     raise ValueError(f"data.tasks={names} needs as many positive data.weights, got {weights}")
-  if d.mixing not in ("task", "example"):
+  if d.mixing not in MIXINGS:
     raise ValueError(f"data.mixing={d.mixing!r}; choose 'task' or 'example'")
   tasks = get_tasks(config, names)
   try:

@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 
 from gemb.data import external
 from gemb.data.builtin import clipart, code, composed, emoji, speech, video, wiki, wordnet
+from gemb.data.builtin.base import BUILDER_CONFIGS
 from gemb.data.tasks import is_zero_shot
 
 # Name used in configs (data_config.dataset) -> builder class. New builders plug in here.
@@ -37,9 +38,6 @@ BUILTIN_TASKS = {t.name: t for module in (emoji, clipart, composed, speech, vide
 EVAL_ONLY_TASKS = frozenset(n for n, t in BUILTIN_TASKS.items() if is_zero_shot(t))
 # What a recipe trains on when it trains on "every built-in task".
 TRAIN_TASKS = tuple(sorted(set(BUILTIN_TASKS) - EVAL_ONLY_TASKS))
-# Every built-in builder has a "full" config (the default) and a "small" deterministic
-# subset that builds in seconds (CI, quick experiments): data.builtin_config picks one.
-BUILDER_CONFIGS = ("full", "small")
 DEFAULT_DATA_DIR = "~/.cache/gemb/tfds"
 
 

@@ -80,8 +80,8 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
   ckpt = Checkpointer(workdir, async_save=False)
   try:
     # ---- Random init (the config's seed) is the restore target; restore the trained params.
-    mesh = parallel.make_mesh(config.mesh)
-    graphdef, init_state, _, _, _ = create_train_state(config, mesh)
+    setup, init_state = create_train_state(config, mesh)
+    graphdef = setup.graphdef
     params = ckpt.restore_params(step, init_state["params"])
     stage = ckpt.restore_meta(step).get("stage", "")
   finally:

@@ -1,7 +1,7 @@
 """Ranking metrics for retrieval evaluation, in plain numpy.
 
 This file owns the definitions of every number in an eval report: R@K, NDCG@K, MRR@K,
-(M)AP@K, zero-shot (top-k) accuracy and the chance level of R@1. Inputs are a ranking and
+zero-shot (top-k) accuracy and the chance level of R@1. Inputs are a ranking and
 graded relevance judgments (classification: a ranking of classes and a label per example):
 
   ranked: int [Q, K]   the top-K candidate indices of each query, best first (the output of
@@ -9,7 +9,7 @@ graded relevance judgments (classification: a ranking of classes and a label per
                        relevant.
   qrels:  list of Q dicts {candidate_index: grade}, grade > 0. A query may have several
                        relevant candidates with different grades; every grade > 0 counts as
-                       relevant for the binary metrics (recall, MRR, AP).
+                       relevant for the binary metrics (recall, MRR).
 
 Every query must have at least one relevant candidate: a query with none has no defined
 recall or NDCG, and silently scoring it 0 (or dropping it) would skew the mean, so the caller
@@ -104,30 +104,6 @@ def mrr_at_k(ranked, qrels, k):
   first = hits.argmax(axis=1)
   rr = np.where(hits.any(axis=1), 1.0 / (first + 1), 0.0)
   return float(rr.mean())
-
-
-def average_precision(ranked, qrels, k=None):
-  """Per-query average precision at k, float [Q].
-
-    AP@k = (1 / min(|R|, k)) * sum_{i=1..k} P@i * [i-th candidate is relevant]
-    P@i  = (number of relevant candidates in the top i) / i
-
-  with R the query's relevant set. Dividing by min(|R|, k) makes a perfect top-k score 1;
-  with k covering every candidate it is the usual AP (sklearn.metrics.average_precision_score
-  of the binary labels). k=None uses all K ranked columns.
-  """
-  if k is None:
-    k = np.shape(ranked)[1] if np.ndim(ranked) == 2 else 1  # else: shape error below
-  top = _check_ranking(ranked, qrels, k)
-  hits = _hits(top, qrels).astype(np.float64)
-  precision = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
-  num_relevant = np.array([min(len(rel), k) for rel in qrels], dtype=np.float64)
-  return (precision * hits).sum(axis=1) / num_relevant
-
-
-def map_at_k(ranked, qrels, k):
-  """Mean average precision at k: the mean over queries of ``average_precision`` (AP@k)."""
-  return float(np.mean(average_precision(ranked, qrels, k)))
 
 
 def zero_shot_accuracy(pred, labels):

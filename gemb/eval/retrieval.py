@@ -11,16 +11,21 @@ matrix, 40 GB in float32), so ``top_k`` never materializes the Q x C scores: it 
 blocks of candidates and keeps a running top-k, holding only Q x (k + block) scores at a time.
 """
 import functools
-import math
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from gemb import parallel
 from gemb.eval import metrics
 
 NDCG_MRR_CUTOFF = 10  # The eval JSON reports NDCG@10 and MRR@10 (DESIGN.md).
+RECALL_KS = (1, 5, 10)
+# The ranking metrics retrieval_metrics reports (higher is better): what train.best_metric
+# may name.
+METRICS = tuple(f"R@{k}" for k in RECALL_KS) + (f"NDCG@{NDCG_MRR_CUTOFF}",
+                                                 f"MRR@{NDCG_MRR_CUTOFF}")
 
 
 def _merge(scores_a, index_a, scores_b, index_b, k):
@@ -80,7 +85,7 @@ def _top_k_single(queries, candidates, k, block):
 @functools.partial(jax.jit,
                    static_argnames=("k", "block", "shard", "num_valid", "mesh", "axes"))
 def _top_k_sharded(queries, candidates, k, block, shard, num_valid, mesh, axes):
-  num_shards = math.prod(mesh.shape[a] for a in axes)
+  _, num_shards = parallel.batch_shards(mesh, axes)
   queries, candidates = queries.astype(jnp.float32), candidates.astype(jnp.float32)
   candidates = _pad_rows(candidates, shard * num_shards)  # No-op when padded on the host.
 
@@ -134,11 +139,10 @@ def top_k(queries, candidates, k, *, block_size=4096, mesh=None, axis=("data", "
     return _top_k_single(queries, candidates, k=k, block=int(min(block_size, num_c)))
 
   names = (axis,) if isinstance(axis, str) else tuple(axis)
-  axes = tuple(a for a in names if a in mesh.axis_names)
+  axes, num_shards = parallel.batch_shards(mesh, names)
   if not axes:
     raise ValueError(f"none of the axes {names} is in the mesh, whose axes are "
                      f"{mesh.axis_names}")
-  num_shards = math.prod(mesh.shape[a] for a in axes)
   shard = -(-num_c // num_shards)
   block = int(min(block_size, shard))
   shard = -(-shard // block) * block
@@ -194,7 +198,7 @@ def encode(embed_fn, side, batch_size):
   return np.concatenate(outputs)[:n]
 
 
-def retrieval_metrics(query_emb, cand_emb, qrels, ks=(1, 5, 10), *, mesh=None,
+def retrieval_metrics(query_emb, cand_emb, qrels, ks=RECALL_KS, *, mesh=None,
                       block_size=4096):
   """The eval-JSON metrics of one retrieval task.
 

@@ -11,7 +11,6 @@ those embeddings, ranked by the blocked top-k of gemb.eval.retrieval.
 """
 
 import functools
-import math
 import time
 
 import jax
@@ -53,7 +52,7 @@ def check_dims(dims, embed_dim):
 
 def check_batch_size(batch_size, mesh):
   """A ValueError unless the eval batch splits evenly over the devices of the batch axes."""
-  shards = math.prod(mesh.shape[a] for a in parallel.BATCH_AXES)
+  _, shards = parallel.batch_shards(mesh)
   if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
       or batch_size <= 0 or batch_size % shards:
     raise ValueError(f"eval batch size {batch_size!r} must be a positive multiple of the "

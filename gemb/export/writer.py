@@ -30,6 +30,7 @@ from gemb.data.pipeline import get_tasks
 from gemb.data.tasks import ClassificationSpec
 from gemb.model.embedder_model import MultimodalEmbedder
 from gemb.serving import bundle
+from gemb.trees import param_path
 
 DEFAULT_INTERLEAVED_SLOTS = {"text": 4, "image": 2, "audio": 2, "video": 1}
 DTYPES = ("float32", "bfloat16")
@@ -67,8 +68,7 @@ def side_spec(slots, shapes, batch):
 def flat_params(params):
   """A params pure dict -> (names, leaves, treedef): the order the artifacts take them."""
   with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
-  names = ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-           for path, _ in with_paths]
+  names = [param_path(path) for path, _ in with_paths]
   return names, [leaf for _, leaf in with_paths], treedef
 
 

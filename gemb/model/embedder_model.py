@@ -14,8 +14,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gemb.batch import MODALITIES
-from gemb.model.embedders import EMBEDDERS, param
-from gemb.model.transformer import Transformer, layer_norm
+from gemb.model.embedders import EMBEDDERS
+from gemb.model.layers import layer_norm, param
+from gemb.model.transformer import Transformer
 from gemb.parallel import constrain
 
 POOLINGS = ("mean", "first", "attention")

@@ -11,15 +11,11 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from gemb.model import audio_features, efficientnet, whisper
 from gemb.batch import PAD_ID
+from gemb.model import audio_features, efficientnet, whisper
+from gemb.model.layers import param
 
 _EMBED_INIT = nnx.initializers.normal(0.02)
-
-
-def param(rngs, init, shape, axes):
-  """An nnx.Param carrying logical axis names (gemb.parallel maps them onto the mesh)."""
-  return nnx.Param(init(rngs.params(), shape, jnp.float32), out_sharding=axes)
 
 
 def patch_projection(rngs, in_dim, width):
@@ -122,8 +118,8 @@ def _by_encoder(modality, kinds):
 
 # model.image.encoder: "patches" (linear patches, trained from scratch) or
 # "efficientnet_lite0" (a pretrained ImageNet CNN).
-image_embedder = _by_encoder(
-    "image", {"patches": ImageEmbedder, "efficientnet_lite0": EfficientNetImageEmbedder})
+IMAGE_ENCODERS = {"patches": ImageEmbedder, "efficientnet_lite0": EfficientNetImageEmbedder}
+image_embedder = _by_encoder("image", IMAGE_ENCODERS)
 
 
 def _check_num_samples(waveform, num_samples):
@@ -241,7 +237,8 @@ class WhisperAudioEmbedder(nnx.Module):
 
 # model.audio.encoder: "patches" (linear log-mel patches, trained from scratch) or "whisper"
 # (a pretrained Whisper encoder).
-audio_embedder = _by_encoder("audio", {"patches": AudioEmbedder, "whisper": WhisperAudioEmbedder})
+AUDIO_ENCODERS = {"patches": AudioEmbedder, "whisper": WhisperAudioEmbedder}
+audio_embedder = _by_encoder("audio", AUDIO_ENCODERS)
 
 
 EMBEDDERS = {"text": TextEmbedder, "image": image_embedder, "audio": audio_embedder,

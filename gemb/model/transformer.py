@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gemb.model.embedders import param
+from gemb.model.layers import layer_norm, param
 from gemb.parallel import constrain
 
 ACT_AXES = ("batch", "length", "embed")
@@ -35,13 +35,6 @@ def dropout(x, rate, key):
 def rows(x):
   """(batch, length, ...) -> (batch * length, features): one matmul row per token."""
   return x.reshape(x.shape[0] * x.shape[1], -1)
-
-
-def layer_norm(width, rngs):
-  """LayerNorm with a scale and no bias (see the module docstring)."""
-  return nnx.LayerNorm(
-      width, rngs=rngs, epsilon=1e-6, use_bias=False,
-      scale_init=nnx.with_partitioning(nnx.initializers.ones, ("embed",)))
 
 
 class Attention(nnx.Module):

@@ -21,8 +21,8 @@ decay for the stage (its own ``learning_rate`` peak, ``warmup_steps`` and
 too. The schedule is one function of the global step, so Adam's state carries over
 stage boundaries unchanged and a resumed run lands at the same point of it.
 
-``freeze`` names parameters (paths like ``embedders/image/patch/kernel``) that the stage
-does not update (LiT-style: e.g. ``"^embedders/image/"`` keeps the image tower fixed).
+``freeze`` names parameters (paths like ``image/proj/kernel``, gemb/trees.py) that the stage
+does not update (LiT-style: e.g. ``"^image/"`` keeps the image tower fixed).
 """
 
 import dataclasses
@@ -33,6 +33,7 @@ import ml_collections
 import optax
 
 from gemb.run.optimizer import learning_rate_schedule
+from gemb.trees import param_path
 
 SECTIONS = ("data", "loss", "optimizer", "eval")
 STAGE_KEYS = ("name", "steps", "freeze") + SECTIONS
@@ -125,18 +126,6 @@ def resolve_stages(config):
   return stages
 
 
-def total_steps(stages):
-  return stages[-1].end
-
-
-def stage_at(stages, step):
-  """The stage that runs global step ``step`` (the last one once training is done)."""
-  for stage in stages:
-    if step < stage.end:
-      return stage
-  return stages[-1]
-
-
 def learning_rate(stages):
   """One schedule over the whole run: a warmup + cosine segment per "new" stage, stretched
   over the "continue" stages that follow it."""
@@ -150,12 +139,6 @@ def learning_rate(stages):
                for first, length in segments]
   boundaries = [first.start for first, _ in segments[1:]]
   return schedules[0] if not boundaries else optax.join_schedules(schedules, boundaries)
-
-
-def param_path(path):
-  """jax tree path -> 'embedders/image/patch/kernel' (what ``freeze`` regexes match)."""
-  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                  for k in path)
 
 
 def frozen_mask(params, pattern):

@@ -10,7 +10,7 @@ from absl import logging
 from gemb.model import efficientnet, whisper
 from gemb.model.embedders import encoder_name
 from gemb.run.checkpoint import Checkpointer
-from gemb.run.curriculum import param_path
+from gemb.trees import param_path
 
 
 def load_init_params(path, pattern, params):

@@ -5,37 +5,47 @@ Parameters follow the logical-axis rules of gemb.parallel; each optimizer slot (
 mu / nu) takes the sharding of the parameter it belongs to, so FSDP shards them too.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from gemb import parallel
 from gemb.model.embedder_model import MultimodalEmbedder
 from gemb.run import curriculum
 from gemb.run.optimizer import make_optimizer
-
-
-def _path_keys(path):
-  return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path)
+from gemb.trees import param_path
 
 
 def like_params_shardings(tree, params, mesh):
   """Sharding for every leaf of ``tree``: that of the parameter whose path it ends with."""
-  by_path = {_path_keys(p): (x.shape, x.sharding)
+  by_path = {param_path(p): (x.shape, x.sharding)
              for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
 
   def pick(path, leaf):
-    keys = _path_keys(path)
+    keys = param_path(path).split("/")
     for start in range(len(keys)):
-      hit = by_path.get(keys[start:])
+      hit = by_path.get("/".join(keys[start:]))
       if hit is not None and hit[0] == leaf.shape:
         return hit[1]
     return parallel.replicated(mesh)
   return jax.tree_util.tree_map_with_path(pick, tree)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+  """What a train step is built from, besides the state it updates."""
+  graphdef: nnx.GraphDef            # the model's structure (its params are in the state)
+  shardings: dict                   # the sharding of every leaf of the state
+  tx: optax.GradientTransformation  # the first stage's optimizer
+  schedule: optax.Schedule          # the learning rate of the whole run, by global step
+
+
 def create_train_state(config, mesh):
-  """-> (graphdef, state, state_shardings, first stage's optimizer, lr schedule of the run).
+  """-> (TrainSetup, state): the train state of ``config``'s model at its seed, born sharded
+  on ``mesh``: a dict of step, params, opt_state, nonfinite_steps and nonfinite_streak.
 
   Every stage's optimizer is the same chain with its own hyper-parameters and this one
   schedule, so one optimizer state serves the whole curriculum.
@@ -53,7 +63,7 @@ def create_train_state(config, mesh):
   state = {"step": counter(), "params": params, "opt_state": opt_state,
            "nonfinite_steps": counter(), "nonfinite_streak": counter()}
   shardings = jax.tree.map(lambda x: x.sharding, state)
-  return graphdef, state, shardings, tx, schedule
+  return TrainSetup(graphdef, shardings, tx, schedule), state
 
 
 def abstract_state(state):

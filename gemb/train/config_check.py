@@ -10,21 +10,29 @@ batches that the mesh cannot split.
 
 import os
 
+from gemb import losses, parallel
+from gemb.data import examples, pipeline
+from gemb.data.builtin import base as builtin_base
 from gemb.data.pipeline import check_trainable, get_tasks
+from gemb.eval import retrieval
 from gemb.eval.tasks import check_batch_size
-from gemb.model import efficientnet, whisper
+from gemb.model import efficientnet, embedder_model, embedders, whisper
 from gemb.run import curriculum
+from gemb.train import soup
 
+# Each allowed set comes from the code that acts on the value.
 CHOICES = {
-    ("data", "mixing"): ("task", "example"),
-    ("data", "on_bad_record"): ("error", "skip"),
-    ("data", "builtin_config"): ("full", "small"),
-    ("loss", "kind"): ("infonce", "sigmoid"),
-    ("model", "pooling"): ("mean", "first", "attention"),
-    ("model", "audio", "encoder"): ("patches", "whisper"),
-    ("model", "image", "encoder"): ("patches", "efficientnet_lite0"),
-    ("soup", "kind"): ("last", "stages", "none"),
+    ("data", "mixing"): pipeline.MIXINGS,
+    ("data", "on_bad_record"): examples.ON_BAD_RECORD,
+    ("data", "builtin_config"): builtin_base.BUILDER_CONFIGS,
+    ("loss", "kind"): losses.KINDS,
+    ("model", "pooling"): embedder_model.POOLINGS,
+    ("model", "audio", "encoder"): tuple(embedders.AUDIO_ENCODERS),
+    ("model", "image", "encoder"): tuple(embedders.IMAGE_ENCODERS),
+    ("soup", "kind"): soup.KINDS,
 }
+# train.best_metric ranks checkpoints: it must be a metric that a retrieval eval reports.
+BEST_METRICS = retrieval.METRICS
 POSITIVE_INTS = (("train", "log_every"), ("train", "checkpoint_every"),
                  ("train", "keep_checkpoints"), ("train", "max_nonfinite_streak"),
                  ("data", "batch_size"), ("eval", "batch_size"))
@@ -71,10 +79,9 @@ def _check_section_values(config, where):
     check_trainable(train_tasks)
   except ValueError as e:
     raise _fail(where, "data.tasks", str(e)) from None
-  if config.eval.tasks and config.train.best_metric not in (
-      "R@1", "R@5", "R@10", "NDCG@10", "MRR@10", "mAP"):
+  if config.eval.tasks and config.train.best_metric not in BEST_METRICS:
     raise _fail(where, "train.best_metric", f"{config.train.best_metric!r} is not a "
-                "retrieval metric (R@1, R@5, R@10, NDCG@10, MRR@10, mAP)")
+                f"retrieval metric that the evaluator reports ({', '.join(BEST_METRICS)})")
 
 
 def validate(config):
@@ -111,7 +118,7 @@ def validate(config):
 
 def check_mesh(stages, mesh):
   """Every stage's global train and eval batches must split evenly over the batch axes."""
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  _, shards = parallel.batch_shards(mesh)
   for stage in stages:
     check_batch_size(stage.config.eval.batch_size, mesh)
     batch = stage.config.data.batch_size

@@ -22,7 +22,6 @@ j), so every device works on every chunk and no example moves between devices; t
 embeddings are put back in global batch order before the loss.
 """
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -31,17 +30,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from gemb import parallel
 
 
-def _batch_shards(mesh):
-  """(mesh axes the batch is split over, their total size)."""
-  if mesh is None:
-    return (), 1
-  axes = tuple(a for a in parallel.BATCH_AXES if a in mesh.shape)
-  return axes, math.prod(mesh.shape[a] for a in axes)
-
-
 def to_chunks(x, chunks, mesh=None):
   """[B, ...] -> [chunks, B/chunks, ...], chunk j taking rows j*b/C.. of every device's b."""
-  axes, shards = _batch_shards(mesh)
+  axes, shards = parallel.batch_shards(mesh)
   per = x.shape[0] // (shards * chunks)
   x = jnp.swapaxes(x.reshape((shards, chunks, per) + x.shape[1:]), 0, 1)
   x = x.reshape((chunks, shards * per) + x.shape[3:])
@@ -52,7 +43,7 @@ def to_chunks(x, chunks, mesh=None):
 
 def from_chunks(x, mesh=None):
   """Inverse of `to_chunks`: [chunks, B/chunks, ...] -> [B, ...] in global batch order."""
-  axes, shards = _batch_shards(mesh)
+  axes, shards = parallel.batch_shards(mesh)
   chunks, rows = x.shape[:2]
   x = jnp.swapaxes(x.reshape((chunks, shards, rows // shards) + x.shape[2:]), 0, 1)
   x = x.reshape((chunks * rows,) + x.shape[3:])
@@ -63,7 +54,7 @@ def from_chunks(x, mesh=None):
 
 def num_chunks(batch_size, chunk_size, mesh=None):
   """Chunks of `chunk_size` examples in a global batch; errors name the config field."""
-  _, shards = _batch_shards(mesh)
+  _, shards = parallel.batch_shards(mesh)
   if chunk_size <= 0 or batch_size % chunk_size:
     raise ValueError(f"config.loss.cache_chunk={chunk_size} must be > 0 and divide the global "
                      f"batch size {batch_size}")

@@ -6,6 +6,7 @@ continued run sees the batches it would have and ends with bitwise the same para
 SIGTERM (TPU preemption) saves the current step and returns within seconds.
 """
 
+import dataclasses
 import hashlib
 import time
 
@@ -24,7 +25,7 @@ from gemb.run import curriculum
 from gemb.run.checkpoint import Checkpointer
 from gemb.run.init_params import load_init_params, load_pretrained_params
 from gemb.run.optimizer import make_optimizer
-from gemb.run.state import create_train_state
+from gemb.run.state import TrainSetup, create_train_state
 from gemb.run.summary import SummaryWriter
 from gemb.train import config_check
 from gemb.train.metrics import Window
@@ -130,7 +131,7 @@ def train_and_evaluate(config, workdir):
   writer.text(0, "config", config.to_json_best_effort(indent=2))
 
   # ---- Model and optimizer state, born sharded.
-  graphdef, state, shardings, _, schedule = create_train_state(config, mesh)
+  setup, state = create_train_state(config, mesh)
   logging.info("parameters:\n%s", parameter_overview.get_parameter_overview(
       state["params"], include_stats=False))
 
@@ -150,15 +151,15 @@ def train_and_evaluate(config, workdir):
       state["params"] = load_init_params(config.init_from, config.init_params, state["params"])
 
   # ---- Train, stage by stage.
-  evaluator = Evaluator(workdir, graphdef, mesh, tokenizer, writer)
+  evaluator = Evaluator(workdir, setup.graphdef, mesh, tokenizer, writer)
   watch = PreemptionWatch()
+  run = RunContext(stages, setup, mesh, tokenizer, ckpt, evaluator, writer, watch)
   last = None
   for stage in stages:
     if int(state["step"]) >= stage.end:
       continue
     restore = resumed if data_stage == stage.index else None
-    state, last = run_stage(stage, stages, state, graphdef, shardings, schedule, mesh,
-                            tokenizer, ckpt, restore, evaluator, writer, watch)
+    state, last = run_stage(run, stage, state, restore)
     if watch.requested:
       logging.warning("preempted: saved step %d; rerun the same command to resume",
                       int(state["step"]))
@@ -178,16 +179,30 @@ def train_and_evaluate(config, workdir):
   return last
 
 
-def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokenizer, ckpt,
-              restore_step, evaluator, writer, watch):
-  """Trains ``stage`` from the state's step to its end; -> (state, last eval results)."""
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+  """What every stage of one run trains with (run_stage's context)."""
+  stages: list                    # [curriculum.Stage] of the run, in order
+  setup: TrainSetup               # graphdef, state shardings, the run's lr schedule
+  mesh: jax.sharding.Mesh
+  tokenizer: Tokenizer
+  ckpt: Checkpointer
+  evaluator: Evaluator
+  writer: SummaryWriter
+  watch: PreemptionWatch
+
+
+def run_stage(run, stage, state, restore_step):
+  """Trains ``stage`` from the state's step to its end (resuming the data iterator of
+  checkpoint ``restore_step`` if not None); -> (state, last eval results)."""
+  stages, mesh, ckpt, schedule = run.stages, run.mesh, run.ckpt, run.setup.schedule
   config, train_cfg = stage.config, stage.config.train
   step = int(state["step"])
   logging.info("stage %d/%d %r: steps [%d, %d), tasks %s", stage.index + 1, len(stages),
                stage.name, stage.start, stage.end, tuple(config.data.tasks))
 
   # ---- This stage's input pipeline (its own seed), at the checkpointed position.
-  dataset = train_dataset(config, tokenizer, seed=config.seed + stage.index,
+  dataset = train_dataset(config, run.tokenizer, seed=config.seed + stage.index,
                           process_index=jax.process_index(), process_count=jax.process_count())
   data_iter = iter(dataset)
   if restore_step is not None:
@@ -196,7 +211,8 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
   # ---- This stage's step function: its loss, optimizer hyper-parameters, frozen params.
   tx = make_optimizer(config.optimizer, schedule)
   frozen = curriculum.frozen_mask(state["params"], stage.freeze) if stage.freeze else None
-  train_step = make_train_step(graphdef, tx, schedule, config, mesh, shardings, frozen)
+  train_step = make_train_step(run.setup.graphdef, tx, schedule, config, mesh,
+                               run.setup.shardings, frozen)
   task_names = tuple(config.data.tasks)
   # Batch structure (one per task under mixing="task") -> (compiled step, its FLOPs): one
   # trace and one compilation each, and the FLOPs XLA counts in that executable.
@@ -209,7 +225,7 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
   # first steps of a stage meet most of them): the ETA is that of the steps still to run.
   t0, step0, skipped_total, flops_done, compile_seconds = time.time(), step, 0, 0.0, 0.0
   while step < stage.end:
-    if watch.reached(step):
+    if run.watch.reached(step):
       ckpt.wait()
       if step not in ckpt.all_steps():  # the signal may come right after a save of this step
         ckpt.save(step, state, data_iter, meta, force=True)
@@ -244,7 +260,7 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
                   "train/skipped_records": skipped_total, "train/stage": stage.index}
       if train_cfg.peak_flops:
         scalars["train/mfu"] = flops_done / elapsed / (train_cfg.peak_flops * mesh.size)
-      writer.scalars(step, scalars)
+      run.writer.scalars(step, scalars)
       total_left = (stage.end - step) + sum(s.steps for s in stages[stage.index + 1:])
       logging.info("%s %d/%d (step %d/%d) loss %.4f acc %.3f | %.2f steps/s, %.1f GFLOP/s | "
                    "stage ETA %s, run ETA %s (at this rate)", stage.name, step - stage.start,
@@ -256,7 +272,7 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
     evaluate_now = step == stage.end or (every and (step - stage.start) % every == 0)
     score = None
     if evaluate_now:
-      last, score = evaluator(config, step, stage.name, state["params"])
+      last, score = run.evaluator(config, step, stage.name, state["params"])
     if evaluate_now or step % train_cfg.checkpoint_every == 0:
       check_finite({"train/nonfinite_streak": int(state["nonfinite_streak"])}, train_cfg,
                    step, ckpt)

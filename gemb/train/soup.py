@@ -13,6 +13,7 @@ from gemb import paths
 from gemb.eval import report
 from gemb.run.soup import soup_of_checkpoints
 
+KINDS = ("last", "stages", "none")  # config.soup.kind
 
 def soup_steps(config, stages, ckpt):
   """Which checkpoints config.soup averages (stage ends are pinned when kind="stages")."""

@@ -1,6 +1,8 @@
-"""What every built-in TFDS builder of gemb shares: ArrayRecord output, code path, split rule."""
+"""What every built-in TFDS builder of gemb shares: ArrayRecord output, code path, its two
+configs, the check of the Debian files it reads, the split rule."""
 
 import hashlib
+import os
 import sys
 
 from etils import epath
@@ -20,6 +22,26 @@ class GembBuilder(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *, file_format="array_record", **kwargs):
     # array_record: the random-access format tfds.data_source and grain read without TF.
     super().__init__(file_format=file_format, **kwargs)
+
+
+# Every built-in builder has a "full" config (the default) and a "small" deterministic
+# subset that builds in seconds (CI, quick experiments): data.builtin_config picks one.
+BUILDER_CONFIGS = ("full", "small")
+
+
+def full_and_small(full: str, small: str, config_class=tfds.core.BuilderConfig, *,
+                   full_args=None, small_args=None) -> list:
+  """A builder's BUILDER_CONFIGS: "full" and "small" (in that order: full is the default),
+  with these descriptions and ``config_class``'s own fields."""
+  return [config_class(name="full", description=full, **(full_args or {})),
+          config_class(name="small", description=small, **(small_args or {}))]
+
+
+def require_files(files) -> None:
+  """FileNotFoundError naming the Debian package of the first missing (path, package)."""
+  for path, package in files:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} is missing: install the Debian package {package}")
 
 
 def stable_int(text: str) -> int:

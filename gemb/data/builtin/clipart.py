@@ -259,12 +259,10 @@ class GembClipart(base.GembBuilder):
       "1.0.0": "Initial release: Openclipart 0.18 pictures with a title and keywords, 64x64 "
                "on white; splits disjoint by title, validation/test only unique titles.",
   }
-  BUILDER_CONFIGS = [
-      tfds.core.BuilderConfig(name="full", description="Every usable picture."),
-      tfds.core.BuilderConfig(
-          name="small", description=f"The first titles of each split in hash order "
-          f"({SMALL_TITLES}), at most {SMALL_ITEMS_PER_TITLE} pictures each, for tests."),
-  ]
+  BUILDER_CONFIGS = base.full_and_small(
+      "Every usable picture.",
+      f"The first titles of each split in hash order ({SMALL_TITLES}), at most "
+      f"{SMALL_ITEMS_PER_TITLE} pictures each, for tests.")
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -297,9 +295,7 @@ class GembClipart(base.GembBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is read from installed Debian files.
-    for path, package in ((PNG_ROOT, "openclipart-png"), (SVG_ROOT, "openclipart-svg")):
-      if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path} is missing: install the Debian package {package}")
+    base.require_files(((PNG_ROOT, "openclipart-png"), (SVG_ROOT, "openclipart-svg")))
     items, skipped = read_collection()
     assigned = assign(items)
     logging.info("gemb_clipart: %d pictures, skipped before rendering: %s", len(items),

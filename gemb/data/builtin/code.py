@@ -248,11 +248,9 @@ class GembCode(base.GembBuilder):
       "1.0.0": "Initial release: docstring first paragraphs and docstring-free function "
                "source of the Python standard library, split by module.",
   }
-  BUILDER_CONFIGS = [
-      CodeConfig(name="full", description="Every usable function of the standard library."),
-      CodeConfig(name="small", description="Small subset for tests.",
-                 min_per_split={"train": 300, "validation": 40, "test": 60}),
-  ]
+  BUILDER_CONFIGS = base.full_and_small(
+      "Every usable function of the standard library.", "Small subset for tests.", CodeConfig,
+      small_args=dict(min_per_split={"train": 300, "validation": 40, "test": 60}))
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

@@ -4,11 +4,11 @@ Owns deriving (base, modifier, variant) triples from Unicode's emoji variants. A
 image of a base emoji ("thumbs up") followed by a modifier text ("medium-dark skin tone");
 its one right answer is the image of the variant (U+1F44D U+1F3FE). Unicode defines the
 variants exactly, so the ground truth is exact. Parsing, variant families, the split rule
-and the rendering are gemb/data/builtin/emoji.py's, imported, so this dataset reads the same
+and the rendering are gemb/data/builtin/glyphs.py's, imported, so this dataset reads the same
 Debian files (`fonts-noto-color-emoji`: Noto Color Emoji, SIL OFL-1.1; `unicode-data`:
 emoji-test.txt, Unicode License) and downloads nothing.
 
-Triples: for every variant family of emoji.py whose base carries no skin tone, each other
+Triples: for every variant family of glyphs.py whose base carries no skin tone, each other
 member is a target, and the modifier is the difference between the two CLDR names
 (`modifier_of`): attributes after ": " that the target adds ("thumbs up: medium-dark skin
 tone" -> "medium-dark skin tone") and words its name adds before them ("person running" ->
@@ -23,9 +23,9 @@ Records: base_image, target_image (PNG, 64x64x3), modifier, modifier_kind ("gend
 "hair", "skin_tone", or several joined by "+" in that order), base_name, target_name,
 base_id, target_id (gemb_emoji item_ids of the base and of the variant).
 
-Splits are emoji.py's: by a hash of the family's base key, so they agree with gemb_emoji
+Splits are glyphs.py's: by a hash of the family's base key, so they agree with gemb_emoji
 (no family of gemb_emoji's test split appears in this train split, and so on). Train holds
-`emoji.TRAIN_RENDERINGS` records per triple, the i-th pairing gemb_emoji's i-th random
+`glyphs.TRAIN_RENDERINGS` records per triple, the i-th pairing gemb_emoji's i-th random
 rendering of the base with that of the target; validation and test hold one record per
 triple with the canonical renderings.
 
@@ -40,13 +40,11 @@ Task (`TASKS`): composed_image_text_to_image.
 import collections
 import dataclasses
 import functools
-import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from gemb.data.builtin import base
-from gemb.data.builtin import emoji
+from gemb.data.builtin import base, glyphs
 from gemb.data.tasks import TaskSpec
 
 # Names that emoji-test.txt gives the components, as they appear after ": " in a name.
@@ -62,8 +60,8 @@ SMALL_FAMILIES = {"train": 8, "validation": 3, "test": 4}
 
 @dataclasses.dataclass(frozen=True)
 class Triple:
-  base: emoji.Emoji
-  target: emoji.Emoji
+  base: glyphs.Emoji
+  target: glyphs.Emoji
   modifier: str
   kind: str
 
@@ -74,17 +72,17 @@ def _split_name(name: str) -> tuple[list[str], list[str]]:
   return core.split(), [a.strip() for a in attrs.split(",") if a.strip()]
 
 
-def _named(e: emoji.Emoji, names: dict[int, str]) -> set[str]:
+def _named(e: glyphs.Emoji, names: dict[int, str]) -> set[str]:
   """Names of the components of `names` that e's code points contain."""
   return {names[c] for c in e.codepoints if c in names}
 
 
 def _gendered(codepoints) -> collections.Counter:
   return collections.Counter(c for c in codepoints
-                             if c in emoji.GENDER_SIGNS or c in emoji.NEUTRAL)
+                             if c in glyphs.GENDER_SIGNS or c in glyphs.NEUTRAL)
 
 
-def modifier_of(base: emoji.Emoji, target: emoji.Emoji) -> tuple[str, str] | None:
+def modifier_of(base: glyphs.Emoji, target: glyphs.Emoji) -> tuple[str, str] | None:
   """(modifier text, kind) that turns base into target, or None if there is none.
 
   The text is what the target's CLDR name adds to the base's: new words of the name
@@ -125,7 +123,7 @@ def triples(emojis) -> list[Triple]:
   out, seen = [], set()
   for target in emojis:
     base = by_id[target.base_id]
-    if target is base or any(c in emoji.SKIN_TONES for c in base.codepoints):
+    if target is base or any(c in glyphs.SKIN_TONES for c in base.codepoints):
       continue
     found = modifier_of(base, target)
     if found is None:
@@ -146,17 +144,15 @@ class GembComposed(base.GembBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release: skin-tone, gender and hair variants of emoji-test.txt; "
-               f"{emoji.TRAIN_RENDERINGS} random train renderings, canonical eval ones.",
+               f"{glyphs.TRAIN_RENDERINGS} random train renderings, canonical eval ones.",
   }
-  BUILDER_CONFIGS = [
-      tfds.core.BuilderConfig(name="full", description="Every triple."),
-      tfds.core.BuilderConfig(
-          name="small", description="The first families with triples of each split in "
-          f"hash order ({SMALL_FAMILIES}), for tests."),
-  ]
+  BUILDER_CONFIGS = base.full_and_small(
+      "Every triple.",
+      f"The first families with triples of each split in hash order ({SMALL_FAMILIES}), "
+      "for tests.")
 
   def _info(self) -> tfds.core.DatasetInfo:
-    size = emoji.IMAGE_SIZE
+    size = glyphs.IMAGE_SIZE
     return tfds.core.DatasetInfo(
         builder=self,
         description=(
@@ -168,7 +164,7 @@ class GembComposed(base.GembBuilder):
             "License); the modifier is the difference of the CLDR names, confirmed by the "
             "code points. base_id / target_id are gemb_emoji item_ids. Splits are "
             "gemb_emoji's (sha256 of the base key). Train: "
-            f"{emoji.TRAIN_RENDERINGS} random renderings per triple; validation/test: "
+            f"{glyphs.TRAIN_RENDERINGS} random renderings per triple; validation/test: "
             "canonical renderings."),
         features=tfds.features.FeaturesDict({
             "base_image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
@@ -181,32 +177,25 @@ class GembComposed(base.GembBuilder):
             "base_id": tfds.features.Scalar(np.int32),
             "target_id": tfds.features.Scalar(np.int32),
         }),
-        homepage="https://github.com/googlefonts/noto-emoji",
-        license="Images: SIL Open Font License 1.1 (Noto Color Emoji). "
-                "Names: Unicode License (emoji-test.txt).",
+        homepage=glyphs.HOMEPAGE, license=glyphs.LICENSE,
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is read from installed Debian files.
-    for path, package in ((emoji.FONT_PATH, "fonts-noto-color-emoji"),
-                          (emoji.EMOJI_TEST_PATH, "unicode-data")):
-      if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: install the Debian package {package}")
-    with open(emoji.EMOJI_TEST_PATH, encoding="utf-8") as f:
-      found = triples(emoji.parse_emoji_test(f.read()))
+    found = triples(glyphs.load_emojis())
     if self.builder_config.name == "small":
-      keep = emoji.first_families([t.base.base_key for t in found], SMALL_FAMILIES)
+      keep = glyphs.first_families([t.base.base_key for t in found], SMALL_FAMILIES)
       found = [t for t in found if t.base.base_key in keep]
     return {split: self._generate_examples(
-                [t for t in found if emoji.split_of(t.base.base_key) == split],
+                [t for t in found if glyphs.split_of(t.base.base_key) == split],
                 train=split == "train")
             for split in ("train", "validation", "test")}
 
   def _generate_examples(self, found, train):
     # A base serves many targets: render it once per split.
-    base_pngs = functools.cache(lambda e: emoji.render_pngs(e, train))
+    base_pngs = functools.cache(lambda e: glyphs.render_pngs(e, train))
     for t in found:
-      target_pngs = emoji.render_pngs(t.target, train)
+      target_pngs = glyphs.render_pngs(t.target, train)
       for i, (base_png, target_png) in enumerate(zip(base_pngs(t.base), target_pngs)):
         yield f"{t.target.item_id}_{i}", {
             "base_image": base_png,

@@ -72,21 +72,17 @@ import gzip
 import io
 import os
 import re
-import shutil
-import subprocess
 import unicodedata
 
 import numpy as np
 import soundfile
 import tensorflow_datasets as tfds
 
-from gemb.data.builtin import base
 from gemb.data import tasks
-from gemb.data.builtin import emoji
+from gemb.data.builtin import base, glyphs, tts
 from gemb.data.media import audio
 
-ESPEAK = "espeak-ng"
-EMOJI_TEST_PATH = emoji.EMOJI_TEST_PATH
+EMOJI_TEST_PATH = glyphs.EMOJI_TEST_PATH
 WORDNET_DIR = "/usr/share/wordnet"
 DICTD_DIR = "/usr/share/dictd"
 ALSA_GLOB = "/usr/share/sounds/alsa/*.wav"
@@ -175,7 +171,7 @@ def split_of(text: str) -> str:
 def emoji_names(path: str = EMOJI_TEST_PATH) -> list[str]:
   """Names of fully-qualified emoji without skin-tone modifiers, in file order."""
   with open(path, encoding="utf-8") as f:
-    entries = emoji.parse_emoji_test(f.read())
+    entries = glyphs.parse_emoji_test(f.read())
   return [e.name for e in entries if not any(c in _SKIN_TONES for c in e.codepoints)]
 
 
@@ -328,21 +324,10 @@ def wav_bytes(samples: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
   return buf.getvalue()
 
 
-def espeak(text: str, reading: Reading) -> bytes:
-  """espeak-ng's WAV output (22,050 Hz mono) for text."""
-  # No shell and "--" before the text: any text (even "-v") is only ever spoken.
-  cmd = [ESPEAK, "-b", "1", "-v", reading.voice, "-s", str(reading.speed),
-         "-p", str(reading.pitch), "--stdout", "--", text]
-  result = subprocess.run(cmd, capture_output=True, check=False)
-  if result.returncode or len(result.stdout) <= 44:
-    raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}): "
-                       f"{result.stderr.decode(errors='replace')}")
-  return result.stdout
-
-
 def synthesize(text: str, reading: Reading) -> bytes:
   """The stored clip: espeak-ng speech, trailing silence cut, 16 kHz int16 WAV."""
-  samples, rate = audio.decode_audio(espeak(text, reading))
+  samples, rate = audio.decode_audio(
+      tts.espeak(text, voice=reading.voice, speed=reading.speed, pitch=reading.pitch))
   nonzero = np.flatnonzero(samples)
   if not len(nonzero):
     raise RuntimeError(f"espeak-ng produced silence for {text!r} with {reading}")
@@ -350,7 +335,7 @@ def synthesize(text: str, reading: Reading) -> bytes:
   return wav_bytes(audio.resample(samples, rate, SAMPLE_RATE))
 
 
-def _ordered_map(fn, items, workers, chunk=256):
+def ordered_map(fn, items, workers, chunk=256):
   """fn over items in a thread pool, results in item order; at most `chunk` in flight, so
   a split's audio never sits in memory all at once."""
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -412,12 +397,9 @@ class GembSpeech(base.GembBuilder):
                "sentences, FreeDict de/fr/es words; ALSA / freedesktop recordings as 'real'.",
       "1.1.0": "Split 'real_train': the Yaru and deepin sound themes' named sound events.",
   }
-  BUILDER_CONFIGS = [
-      SpeechConfig(name="full", description=f"{sum(FULL_QUOTAS.values())} texts",
-                   quotas=FULL_QUOTAS),
-      SpeechConfig(name="small", description=f"{sum(SMALL_QUOTAS.values())} texts, for tests",
-                   quotas=SMALL_QUOTAS),
-  ]
+  BUILDER_CONFIGS = base.full_and_small(
+      f"{sum(FULL_QUOTAS.values())} texts", f"{sum(SMALL_QUOTAS.values())} texts, for tests",
+      SpeechConfig, full_args=dict(quotas=FULL_QUOTAS), small_args=dict(quotas=SMALL_QUOTAS))
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -466,11 +448,8 @@ class GembSpeech(base.GembBuilder):
                 ("/usr/share/sounds/freedesktop/stereo/bell.oga", "sound-theme-freedesktop"),
                 ("/usr/share/sounds/Yaru/stereo/bell.oga", "yaru-theme-sound"),
                 ("/usr/share/sounds/deepin/stereo/message.wav", "deepin-sound-theme")]
-    for path, package in required:
-      if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: install the Debian package {package}")
-    if shutil.which(ESPEAK) is None:
-      raise FileNotFoundError(f"{ESPEAK} is not on PATH: install the Debian package espeak-ng")
+    base.require_files(required)
+    tts.require_espeak()
     real = real_sounds()
     texts = select_texts(self.builder_config.quotas, reserved=[t for _, t, _ in real])
     counts = {"train": TRAIN_VOICES, "validation": VALIDATION_VOICES, "test": TEST_VOICES}
@@ -484,11 +463,11 @@ class GembSpeech(base.GembBuilder):
 
   def _generate_examples(self, jobs):
     workers = min(8, 2 * (os.cpu_count() or 1))  # threads wait on espeak-ng processes
-    clips = _ordered_map(lambda job: synthesize(job[0].text, job[2]), jobs, workers)
+    clips = ordered_map(lambda job: synthesize(job[0].text, job[2]), jobs, workers)
     for (t, i, r), wav in zip(jobs, clips):
       yield f"{t.item_id}_{i}", {
           "audio": wav, "text": t.text, "language": t.language, "voice": r.voice,
-          "speed": r.speed, "pitch": r.pitch, "kind": t.kind, "source": ESPEAK,
+          "speed": r.speed, "pitch": r.pitch, "kind": t.kind, "source": tts.ESPEAK,
           "item_id": t.item_id,
       }
 

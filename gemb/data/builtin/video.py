@@ -7,7 +7,7 @@ that installed packages ship:
   * emoji: Noto Color Emoji glyphs (`/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf`,
     Debian `fonts-noto-color-emoji`, SIL OFL-1.1) named by their CLDR names
     (`/usr/share/unicode/emoji/emoji-test.txt`, Debian `unicode-data`, Unicode License),
-    parsed and rendered with gemb/data/builtin/emoji.py. Only the base of each variant family
+    parsed and rendered with gemb/data/builtin/glyphs.py. Only the base of each variant family
     in the groups of things (`EMOJI_GROUPS`, no symbols or flags), and no names with a ":"
     ("family: man, boy"), which do not read as a noun in a caption.
   * handwritten digits: scikit-learn's `load_digits` (the UCI optical-recognition digits,
@@ -31,7 +31,7 @@ family's base emoji in gemb_emoji; digits: `DIGIT_ID_OFFSET` + index in load_dig
 object_names, motions (motion names, in caption order).
 
 Splits are disjoint by object: an emoji goes to train / validation / test by the same rule as
-in gemb_emoji (emoji.split_of of its family key: 80 / 5 / 15 %), a digit by emoji.split_of of
+in gemb_emoji (glyphs.split_of of its family key: 80 / 5 / 15 %), a digit by glyphs.split_of of
 "digit:<index>", and a two-object clip draws its second object from its first object's
 split. So no object of a test clip moves in any training clip, and no test emoji is in
 gemb_emoji's train split either (digits are split by sample: load_digits has no writer ids,
@@ -50,9 +50,6 @@ import dataclasses
 import functools
 import hashlib
 import io
-import os
-import shutil
-import subprocess
 
 import av
 import numpy as np
@@ -60,8 +57,7 @@ from PIL import Image
 import soundfile as sf
 import tensorflow_datasets as tfds
 
-from gemb.data.builtin import base
-from gemb.data.builtin import emoji
+from gemb.data.builtin import base, glyphs, tts
 from gemb.data.tasks import TaskSpec
 
 FRAMES = 16
@@ -293,7 +289,7 @@ def plan_clips(objects) -> list[Clip]:
   whose caption (objects by name, motions, order) is already taken is redrawn from the same
   generator, so captions stay unique and the result depends only on the object list.
   """
-  by_split = {s: sorted((o for o in objects if emoji.split_of(o.key) == s),
+  by_split = {s: sorted((o for o in objects if glyphs.split_of(o.key) == s),
                         key=lambda o: _hash(o.key)) for s in SPLITS}
   clips, taken = [], set()
   for split in SPLITS:
@@ -353,8 +349,8 @@ def _sprite(glyph, state):
   return sprite
 
 
-def render_frames(clip, glyphs) -> list[Image.Image]:
-  """The clip's frames; glyphs maps object key -> RGBA glyph."""
+def render_frames(clip, sprites) -> list[Image.Image]:
+  """The clip's frames; sprites maps object key -> RGBA glyph."""
   frames = []
   for t in range(FRAMES):
     frame = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), clip.background)
@@ -362,7 +358,7 @@ def render_frames(clip, glyphs) -> list[Image.Image]:
       state = track.state(t)
       if state.opacity <= 0:
         continue
-      sprite = _sprite(glyphs[track.obj.key], state)
+      sprite = _sprite(sprites[track.obj.key], state)
       frame.paste(sprite, (round(state.cx - sprite.width / 2), round(state.cy - sprite.height / 2)),
                   mask=sprite)
     frames.append(frame)
@@ -372,8 +368,7 @@ def render_frames(clip, glyphs) -> list[Image.Image]:
 def narration_wav(text, voice) -> bytes:
   """espeak-ng speech of text as NARRATION_RATE mono int16 WAV bytes."""
   speed, pitch = voice
-  out = subprocess.run(["espeak-ng", "-v", "en-us", "-s", str(speed), "-p", str(pitch),
-                        "--stdout", text], capture_output=True, check=True, timeout=60).stdout
+  out = tts.espeak(text, voice="en-us", speed=speed, pitch=pitch)
   wave, rate = sf.read(io.BytesIO(out), dtype="int16")
   # libswresample through PyAV (gemb decodes video with it anyway); scipy.signal would add
   # seconds of import time to every build.
@@ -387,10 +382,10 @@ def narration_wav(text, voice) -> bytes:
   return buf.getvalue()
 
 
-def clip_record(clip, glyphs) -> dict:
+def clip_record(clip, sprites) -> dict:
   """The record of a clip (PNG frames, narration WAV bytes), as the builder stores it."""
   return {
-      "frames": [emoji.png_bytes(f) for f in render_frames(clip, glyphs)],
+      "frames": [glyphs.png_bytes(f) for f in render_frames(clip, sprites)],
       "caption": clip.caption,
       "narration": narration_wav(clip.caption, clip.voice) if clip.narrated else b"",
       "has_narration": clip.narrated,
@@ -410,18 +405,12 @@ def _digit_images():
 
 def load_objects() -> list[VideoObject]:
   """All objects, from the installed emoji files and scikit-learn's digits."""
-  for path, package in ((emoji.FONT_PATH, "fonts-noto-color-emoji"),
-                        (emoji.EMOJI_TEST_PATH, "unicode-data")):
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} is missing: install the Debian package {package}")
-  with open(emoji.EMOJI_TEST_PATH, encoding="utf-8") as f:
-    emojis = emoji.parse_emoji_test(f.read())
-  return emoji_objects(emojis) + digit_objects(_digit_images()[1])
+  return emoji_objects(glyphs.load_emojis()) + digit_objects(_digit_images()[1])
 
 
 def glyph_of(obj) -> Image.Image:
   if obj.chars:
-    return emoji.render_glyph(obj.chars)
+    return glyphs.render_glyph(obj.chars)
   return digit_glyph(_digit_images()[0][obj.digit], obj.ink)
 
 
@@ -434,12 +423,9 @@ class GembVideo(base.GembBuilder):
       "1.0.0": f"Initial release: {FRAMES}-frame {IMAGE_SIZE}x{IMAGE_SIZE} clips of one or "
                "two emoji / digits with captioned motions; espeak-ng narration on a third.",
   }
-  BUILDER_CONFIGS = [
-      tfds.core.BuilderConfig(name="full", description="All clips."),
-      tfds.core.BuilderConfig(
-          name="small", description="The clips of the first "
-          f"{SMALL_OBJECTS} objects per split in hash order (for tests)."),
-  ]
+  BUILDER_CONFIGS = base.full_and_small(
+      "All clips.",
+      f"The clips of the first {SMALL_OBJECTS} objects per split in hash order (for tests).")
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -465,15 +451,14 @@ class GembVideo(base.GembBuilder):
             "object_names": tfds.features.Sequence(tfds.features.Text()),
             "motions": tfds.features.Sequence(tfds.features.Text()),
         }),
-        homepage="https://github.com/googlefonts/noto-emoji",
+        homepage=glyphs.HOMEPAGE,
         license="Emoji images: SIL OFL-1.1 (Noto Color Emoji); names: Unicode License; "
                 "digits: scikit-learn digits (UCI, CC-BY-4.0); narration made with espeak-ng.",
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is read from installed packages.
-    if shutil.which("espeak-ng") is None:
-      raise FileNotFoundError("espeak-ng is missing: install the Debian package espeak-ng")
+    tts.require_espeak()
     clips = plan_clips(load_objects())
     if self.builder_config.name == "small":
       clips = small_subset(clips)
@@ -488,15 +473,15 @@ class GembVideo(base.GembBuilder):
     return out
 
   def _generate_examples(self, clips, shared):
-    glyphs = {}
+    sprites = {}
     for clip in clips:
       if clip.item_id in shared:
         record = shared.pop(clip.item_id)
       else:
         for t in clip.tracks:
-          if t.obj.key not in glyphs:
-            glyphs[t.obj.key] = glyph_of(t.obj)
-        record = clip_record(clip, glyphs)
+          if t.obj.key not in sprites:
+            sprites[t.obj.key] = glyph_of(t.obj)
+        record = clip_record(clip, sprites)
         if clip.narrated:
           shared[clip.item_id] = record
       yield clip.item_id, record

