@@ -253,3 +253,63 @@ def test_tally_counts_per_task_and_kind():
   assert describe({k: 0 for k in KINDS}) == ""
   with pytest.raises(ValueError, match="unknown bad-record kind 'typo'"):
     BadRecord("x", "typo")
+
+
+RUN_CONFIG = '''
+from configs.common import stage
+from configs.tiny import get_config as tiny
+
+
+def get_config(arg=None):
+  c = tiny()
+  c.data.custom_tasks = {"pairs": dict(dataset="manifest:%s", query=("image:image",),
+                                       candidate=("text:caption",), query_id="id",
+                                       candidate_id="id", eval_split="train")}
+  c.data.tasks, c.data.weights, c.eval.tasks = ("pairs",), (1.0,), ("pairs",)
+  c.data.batch_size, c.data.vocab_size, c.data.on_bad_record = 8, 256, "skip"
+  c.eval.dims = (128,)
+  c.train.log_every = c.train.checkpoint_every = 3
+  c.soup.kind = "none"
+  c.stages = [stage("align", 6)]
+  return c
+'''
+
+
+def test_the_training_command_counts_skips_per_task_and_kind(pairs, tmp_path):
+  import os
+  import subprocess
+  import sys
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  lines = {BAD: CASES["missing_path"][0], 20: CASES["not_json"][0]}
+  dataset = _write(tmp_path, pairs)
+  path = tmp_path / "pairs.jsonl"
+  records = path.read_text().splitlines()
+  for i, bad_line in lines.items():
+    records[i] = bad_line(json.loads(records[i]), tmp_path)
+  path.write_text("\n".join(records) + "\n")
+  (tmp_path / "cfg.py").write_text(RUN_CONFIG % path)
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  workdir = tmp_path / "run"
+  out = subprocess.run([sys.executable, "-m", "gemb.main", f"--config={tmp_path}/cfg.py",
+                        f"--workdir={workdir}"], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  where = f"dataset {dataset!r} split 'train' (task 'pairs')"
+  assert (f"tokenizer corpus: data.on_bad_record=skip left out 2 of 40 records of {where} "
+          "(1 missing_file, 1 not_json)") in out.stderr
+  assert (f"eval corpus: data.on_bad_record=skip left out 2 of 40 records of {where} "
+          "(1 missing_file, 1 not_json)") in out.stderr
+  events = EventAccumulator(str(workdir / "tensorboard"), size_guidance={"scalars": 0})
+  events.Reload()
+  final = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]
+           if tag.startswith("train/skipped_records")}
+  # 48 examples read from 40 records: each bad record met once or twice.
+  per_kind = {k: final[f"train/skipped_records/pairs/{k}"] for k in ("missing_file", "not_json")}
+  assert all(1 <= n <= 2 for n in per_kind.values()), final
+  assert final["train/skipped_records"] == sum(per_kind.values()) and len(final) == 3
+  assert (f"align: {int(sum(per_kind.values()))} bad records skipped so far "
+          "(data.on_bad_record=skip): task 'pairs': ") in out.stderr
+  with open(workdir / "eval" / "step_6.json") as f:
+    assert json.load(f)["tasks"]["pairs"]["num_skipped_records"] == 2

@@ -16,6 +16,7 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from gemb import parallel, paths
+from gemb.data.bad_records import Tally
 from gemb.data.pipeline import tokenizer_corpus, train_dataset
 from gemb.data.tokenizer import Tokenizer
 from gemb.eval import report
@@ -207,7 +208,8 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
   window, last = Window(), None
   # Rates and ETAs leave out compilation (a new batch structure compiles for seconds, and the
   # first steps of a stage meet most of them): the ETA is that of the steps still to run.
-  t0, step0, skipped_total, flops_done, compile_seconds = time.time(), step, 0, 0.0, 0.0
+  t0, step0, flops_done, compile_seconds = time.time(), step, 0.0, 0.0
+  skipped, skipped_logged = Tally(task_names), 0  # bad records replaced (data.on_bad_record)
   while step < stage.end:
     if watch.reached(step):
       ckpt.wait()
@@ -216,7 +218,8 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
         ckpt.wait()
       return state, last
     host_batch = next(data_iter)
-    task_index, skipped = host_batch.pop("task_index"), host_batch.pop("skipped")
+    task_index = host_batch.pop("task_index")
+    skipped.add(host_batch.pop("skipped"), task_index)
     batch = parallel.host_to_global(host_batch, mesh)
     with jax.set_mesh(mesh):
       key = jax.tree.structure(batch), tuple(x.shape for x in jax.tree.leaves(batch))
@@ -229,7 +232,6 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
       state, step_metrics = run_step(state, batch)
     step += 1
     flops_done += flops
-    skipped_total += int(skipped.sum())
     window.add(step_metrics, task_names[int(task_index[0])]
                if config.data.mixing == "task" else None)
 
@@ -241,7 +243,7 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
       scalars |= {"train/steps_per_s": rate,
                   "train/examples_per_s": rate * config.data.batch_size,
                   "train/model_flops_per_s": flops_done / elapsed,
-                  "train/skipped_records": skipped_total, "train/stage": stage.index}
+                  "train/stage": stage.index} | skipped.scalars()
       if train_cfg.peak_flops:
         scalars["train/mfu"] = flops_done / elapsed / (train_cfg.peak_flops * mesh.size)
       writer.scalars(step, scalars)
@@ -251,6 +253,10 @@ def run_stage(stage, stages, state, graphdef, shardings, schedule, mesh, tokeniz
                    stage.steps, step, stages[-1].end, scalars["train/loss"],
                    scalars["train/accuracy"], rate, flops_done / elapsed / 1e9,
                    _duration((stage.end - step) / rate), _duration(total_left / rate))
+      if skipped.total > skipped_logged:
+        skipped_logged = skipped.total
+        logging.warning("%s: %d bad records skipped so far (data.on_bad_record=skip): %s",
+                        stage.name, skipped.total, skipped.summary())
 
     every = config.eval.every
     evaluate_now = step == stage.end or (every and (step - stage.start) % every == 0)
