@@ -31,6 +31,7 @@ the intact checkpoints a rerun resumes from (orbax removes the partial save's
 import errno
 import hashlib
 import json
+import threading
 
 from absl import logging
 import jax
@@ -82,6 +83,9 @@ class Checkpointer:
             enable_async_checkpointing=async_save),
         item_names=("state", "data", "meta"))
     self.directory, self.async_save, self._pending = directory, async_save, None
+    # Sealing reads the whole checkpoint back (~0.5 s per 100 MB here): a thread does it,
+    # off the training loop's path (hashlib releases the GIL on large buffers).
+    self._sealing = None
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -113,7 +117,7 @@ class Checkpointer:
     if saved:
       self._pending = step
       if not self.async_save:
-        self._finish()
+        self.wait()
     return saved
 
   def poll(self):
@@ -132,7 +136,15 @@ class Checkpointer:
     except Exception as e:
       raise self._save_failed(step, e) from e
     if jax.process_index() == 0:
-      _seal(self.step_dir(step))
+      self._join_sealing()
+      self._sealing = threading.Thread(target=_seal, args=(self.step_dir(step),),
+                                       name=f"gemb-seal-{step}")
+      self._sealing.start()
+
+  def _join_sealing(self):
+    if self._sealing is not None:
+      self._sealing.join()
+      self._sealing = None
 
   def _save_failed(self, step, error):
     # (tensorstore appends its whole spec to an error: not what a user needs.)
@@ -267,8 +279,10 @@ class Checkpointer:
   def wait(self):
     """Waits for the pending save (raises CheckpointError if it failed, else seals it)."""
     self._finish()
+    self._join_sealing()
 
   def close(self):
+    self._join_sealing()
     self.manager.close()
 
 
