@@ -27,11 +27,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 class _QuietLibraries(py_logging.Filter):
   """Drops INFO chatter of orbax / TFDS / grain / jax (a line per checkpoint file and
-  dataset read) so the console shows gemb's progress; their warnings still pass."""
+  dataset read) so the console shows gemb's progress; their warnings still pass.
+
+  Also drops orbax's reports of a failed background save: each thread of the save logs the
+  failure with its traceback (a dozen of them for a full disk), and gemb.run.checkpoint
+  raises it once, as a CheckpointError naming the step, the cause and how to continue."""
 
   NOISY = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/jax/", "/etils/")
+  SAVE_FAILURE = ("raised an exception", "Failed to run", "Save Finalize thread",
+                  "Failed to write metadata")
 
   def filter(self, record):
+    if "/orbax/" in record.pathname and record.levelno >= py_logging.ERROR:
+      return not any(s in record.getMessage() for s in self.SAVE_FAILURE)
     return record.levelno >= py_logging.WARNING or not any(
         n in record.pathname for n in self.NOISY)
 
@@ -81,13 +89,24 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   check_overrides(flags.FLAGS["config"])
-  from gemb import distributed  # pylint: disable=g-import-not-at-top
-  from gemb.train.loop import train_and_evaluate  # after absl parsed flags (grain workers)
+  import jax  # pylint: disable=g-import-not-at-top
+  from gemb import distributed
+  from gemb.run.checkpoint import CheckpointError
+  # After absl parsed flags (grain workers).
+  from gemb.train.loop import NonFiniteError, train_and_evaluate
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   distributed.initialize(_CONFIG.value.distributed)  # before anything touches devices
   with distributed.stop_all_on_failure():
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+      train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (CheckpointError, NonFiniteError) as e:
+      # The run stopped for a reason its message explains, with what to do next: one clear
+      # message, not a stack (several processes: stop_all_on_failure reports and exits).
+      if jax.process_count() > 1:
+        raise
+      logging.error("%s", e)
+      sys.exit(1)
 
 
 if __name__ == "__main__":

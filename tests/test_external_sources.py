@@ -15,6 +15,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from etils import epath
 
 from gemb.data import external
+from gemb.data.bad_records import BadRecord
 from gemb.data.external import ManifestError, SourceError, open_source
 from gemb.data.media.image import load_image
 
@@ -292,10 +293,17 @@ def test_manifest_errors_name_line_field_and_path(tmp_path):
       source[index]
     for part in [f"manifest {tmp_path / 'm.jsonl'}"] + parts:
       assert part in str(e.value), (index, str(e.value))
-  # Bad records are ValueErrors, so the example loader reports or skips them.
-  assert issubclass(ManifestError, ValueError)
-  # A mapped field the first record lacks is a typo in the mapping: fail at open.
-  with pytest.raises(ManifestError, match="line 2 .*no field 'captoin'"):
+  # Each is a bad record of its kind, so the pipeline reports or skips and counts it.
+  kinds = {1: "missing_file", 2: "bad_media_ref", 3: "missing_field", 4: "bad_media_ref",
+           5: "not_json"}
+  for index, kind in kinds.items():
+    with pytest.raises(BadRecord) as e:
+      source[index]
+    assert e.value.kind == kind, (index, e.value.kind)
+  # A mapped field that none of the first records has is a typo in the mapping: fail at
+  # open (a field only some records lack is a bad record, as record 3 above).
+  with pytest.raises(SourceError, match=r"m.jsonl: mapped field\(s\) \['captoin'\] are in none "
+                     r"of its first 6 records; their fields: \['caption', 'id', 'image'\]"):
     open_source(name, "train", fields={"caption": "captoin"})
 
 

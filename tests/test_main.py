@@ -77,6 +77,21 @@ def test_config_typo_fails_before_any_work(tmp_path):
     assert not os.path.exists(tmp_path / "run")
 
 
+def test_impossible_model_shapes_fail_at_config_check(tmp_path):
+  """No tokenizer training, no dataset build, no workdir: the flag is named at once."""
+  for flag, message in (
+      ("--config.model.depth=0", "config.model.depth: must be a positive int, got 0"),
+      ("--config.model.heads=3", "config.model.heads: 3 does not divide model.width=128"),
+      ("--config.model.image.patch=5",
+       "config.model: the model cannot be built: model.image.size=32 is not a multiple of "
+       "patch=5")):
+    out = subprocess.run(main_command(str(tmp_path / "run"), str(tmp_path / "data"), flag),
+                         cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert message in out.stderr, (flag, out.stderr[-2000:])
+    assert not os.path.exists(tmp_path / "run") and not os.path.exists(tmp_path / "data")
+
+
 def test_override_of_a_section_a_stage_lacks_names_the_flag(tmp_path):
   """A stage written as a plain dict has only the sections it names: overriding a key of
   another fails at flag parsing with the flag named, not a bare KeyError."""

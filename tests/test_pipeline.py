@@ -12,6 +12,7 @@ from PIL import Image
 
 from configs import tiny
 from gemb.data import pipeline
+from gemb.data.bad_records import kind_vector
 from gemb.data.examples import PAD_NEGATIVE_ID, BadRecord, ExampleLoader, InputShapes
 from gemb.data.tasks import TaskSpec
 from gemb.data.tokenizer import Tokenizer
@@ -78,7 +79,7 @@ def test_example_packs_segments_in_order_with_instruction(tokenizer):
   np.testing.assert_array_equal(q["text"][0], tokenizer.encode(TASK.instruction, 16)[0])
   assert tokenizer.decode(q["text"][1]) == records[5]["caption"]
   assert tokenizer.decode(ex["candidate"]["text"][0]) == records[5]["label"]
-  assert ex["query_id"] == 5 and ex["candidate_id"] == 5 and ex["skipped"] == 0
+  assert ex["query_id"] == 5 and ex["candidate_id"] == 5 and not ex["skipped"].any()
   # Record 5 has 1 real hard negative; the other 2 slots are padding (id -1).
   assert ex["negatives"]["text"].shape == (3, 1, 16)
   np.testing.assert_array_equal(ex["negative_id"], [6, PAD_NEGATIVE_ID, PAD_NEGATIVE_ID])
@@ -87,21 +88,22 @@ def test_example_packs_segments_in_order_with_instruction(tokenizer):
   np.testing.assert_array_equal(loader(records, tokenizer)(4)["negative_id"], [-1, -1, -1])
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("image", b"not a png", "cannot decode image"),
-    ("image", b"", "empty image"),
-    ("caption", "   ", "empty text"),
-    ("caption", "x" * 100_001, "exceeds data.max_text_chars"),
+@pytest.mark.parametrize("field,value,message,kind", [
+    ("image", b"not a png", "cannot decode image", "bad_media"),
+    ("image", b"", "empty image", "bad_media"),
+    ("caption", "   ", "empty text", "bad_text"),
+    ("caption", "x" * 100_001, "exceeds data.max_text_chars", "bad_text"),
 ])
-def test_bad_records_are_named_or_skipped(tokenizer, field, value, message):
+def test_bad_records_are_named_or_skipped(tokenizer, field, value, message, kind):
   records = memory_records()
   records[7] = dict(records[7], **{field: value})
   with pytest.raises(BadRecord, match=rf"dataset 'memory' split 'train'.* record 7.*{message}"):
     loader(records, tokenizer)(7)
   skipping = loader(records, tokenizer, on_bad_record="skip")
   ex = skipping(7)
-  assert ex["skipped"] == 1 and ex["query_id"] == 8  # the next record of the shard
-  assert skipping(6)["skipped"] == 0
+  assert ex["query_id"] == 8  # the next record of the shard
+  np.testing.assert_array_equal(ex["skipped"], kind_vector([kind]))
+  assert not skipping(6)["skipped"].any()
 
 
 def test_missing_field_is_named(tokenizer):

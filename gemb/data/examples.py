@@ -6,16 +6,20 @@ loader (gemb/data/media/), tokenizes text (with the task instruction as a leadin
 segment of the query), and packs each side in the batch format of gemb/batch.py
 with the task's static slot counts, so every example of a task has identical shapes.
 
-Bad records (corrupt media, empty or over-long text, missing field or file) raise
-``BadRecord`` naming the dataset, split, record index and field. With
-``on_bad_record="skip"`` the loader instead takes the next record of its own shard and
-counts what it skipped in the example's ``skipped`` field (summed per batch -> metrics).
+Bad records (unreadable manifest lines, corrupt media, empty or over-long text, missing
+field or file; gemb/data/bad_records.py) raise ``BadRecord`` naming the dataset, split,
+record index and field. With ``on_bad_record="skip"`` the loader instead takes the next
+record of its own shard and counts what it skipped, per kind, in the example's ``skipped``
+field (int32 [len(KINDS)]; summed per task by the training loop), logging the first
+record of each kind it skips.
 """
 
 import dataclasses
 
+from absl import logging
 import numpy as np
 
+from gemb.data.bad_records import BadRecord, describe, kind_of, kind_vector
 from gemb.data.media import MediaError
 from gemb.data.media.audio import load_audio
 from gemb.data.media.image import load_image
@@ -26,10 +30,6 @@ ON_BAD_RECORD = ("error", "skip")  # config.data.on_bad_record (module docstring
 # Examples carrying fewer hard negatives than K are padded with this id; the loss masks
 # every column whose id is negative, so padding never acts as a negative.
 PAD_NEGATIVE_ID = -1
-
-
-class BadRecord(ValueError):
-  """A record that cannot become an example; the message names where it is."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +60,9 @@ class InputShapes:
             "video": (self.video_frames, self.video_size, self.video_size, 3)}
 
 
-def load_text(value, tokenizer, shapes):
-  """Raw text (str or UTF-8 bytes) -> int32 [shapes.text_len] ids (truncated, padded).
-
-  Raises MediaError for a non-text value, an empty or over-long text, or one without tokens.
-  """
+def check_text(value, max_chars):
+  """Raw text (str or UTF-8 bytes) -> str; MediaError for a non-text value (a list, a
+  number, null), text that is not UTF-8, an empty text or one over ``max_chars``."""
   if isinstance(value, (list, tuple, np.ndarray)) and not isinstance(value, str):
     raise MediaError(f"expected one text, got a list of {len(value)}")
   if not isinstance(value, (str, bytes)):
@@ -75,9 +73,18 @@ def load_text(value, tokenizer, shapes):
     raise MediaError(f"text is not UTF-8: {e}") from e
   if not text.strip():
     raise MediaError("empty text")
-  if len(text) > shapes.max_text_chars:
+  if len(text) > max_chars:
     raise MediaError(f"text of {len(text)} characters exceeds data.max_text_chars="
-                     f"{shapes.max_text_chars}")
+                     f"{max_chars}")
+  return text
+
+
+def load_text(value, tokenizer, shapes):
+  """Raw text (str or UTF-8 bytes) -> int32 [shapes.text_len] ids (truncated, padded).
+
+  Raises MediaError as check_text does, and for a text without tokens.
+  """
+  text = check_text(value, shapes.max_text_chars)
   ids = tokenizer.encode([text], shapes.text_len)[0]
   if not np.any(ids != PAD_ID):
     raise MediaError(f"text {text[:40]!r} has no tokens")
@@ -104,6 +111,22 @@ def decode_segment(modality, value, shapes, tokenizer, *, source_rate=None):
   raise MediaError(f"unknown modality {modality!r}; known: {MODALITIES}")
 
 
+def record_where(task, split, index=None):
+  """How errors name a task's record: dataset, split, task and record index."""
+  where = f"dataset {task.dataset!r} split {split!r} (task {task.name!r})"
+  return where if index is None else f"{where} record {index}"
+
+
+def read_record(task, split, source, index):
+  """Record ``index`` of a task's split; what the source raises becomes a BadRecord (of the
+  source's kind, e.g. a manifest line that is not JSON) naming the task's record."""
+  try:
+    return source[index]
+  except (OSError, ValueError, KeyError) as e:
+    raise BadRecord(f"{record_where(task, split, index)}: cannot read the record: {e}",
+                    kind_of(e)) from e
+
+
 def side_slots(segments, with_instruction):
   """Slots per modality of one side: its segments (+1 text for an instruction)."""
   slots = {m: sum(s.modality == m for s in segments) for m in MODALITIES}
@@ -124,21 +147,43 @@ class ExampleLoader:
     self.skip, self.task_index = on_bad_record == "skip", task_index
     self.instruction_ids = (tokenizer.encode([task.instruction], shapes.text_len)[0]
                             if task.instruction and instructions else None)
+    # Skip mode, per process: record index -> kind of the records found bad (a bad record
+    # met again, e.g. in the next epoch, is counted without being read again), and the
+    # first message of each kind (logged once, and quoted if every record is bad).
+    self._bad, self._first = {}, {}
 
   # ---- grain interface: MapDataset.map(loader) calls this with one shard position.
   def __call__(self, position):
     position = int(position)
+    skipped = []
     for attempt in range(len(self.records)):
       index = int(self.records[(position + attempt) % len(self.records)])
+      if index in self._bad:
+        skipped.append(self._bad[index])
+        continue
       try:
         example = self.load(index)
-      except BadRecord:
+      except BadRecord as e:
         if not self.skip:
           raise
+        self._note_bad(index, e)
+        skipped.append(e.kind)
         continue
-      example["skipped"] = np.int32(attempt)
+      example["skipped"] = kind_vector(skipped)
       return example
-    raise BadRecord(f"{self._where()}: every record of this shard is bad")
+    # Every record is bad: stop, whatever the mode (nothing could ever be trained on).
+    first = "; ".join(f"{kind}: {message}" for kind, message in self._first.items())
+    raise BadRecord(f"{self._where()}: all {len(self.records)} records are bad "
+                    f"({describe(kind_vector(skipped))}), so data.on_bad_record=skip has "
+                    f"nothing to replace them with. First of each kind: {first}",
+                    skipped[0])
+
+  def _note_bad(self, index, error):
+    self._bad[index] = error.kind
+    if error.kind not in self._first:
+      self._first[error.kind] = str(error)
+      logging.warning("data.on_bad_record=skip: skipping %s (further %s records of this task "
+                      "are counted in train/skipped_records, not logged)", error, error.kind)
 
   def load(self, index):
     """Record ``index`` of the source -> example dict (raises BadRecord)."""
@@ -156,10 +201,7 @@ class ExampleLoader:
     return example
 
   def read(self, index):
-    try:
-      return self.source[index]
-    except (OSError, ValueError, KeyError) as e:
-      raise BadRecord(f"{self._where(index)}: cannot read the record: {e}") from e
+    return read_record(self.task, self.split, self.source, index)
 
   def side(self, record, index, segments, instruction_ids):
     """Packs the segments of one side (after the instruction, if any) into slot arrays."""
@@ -172,11 +214,17 @@ class ExampleLoader:
   def negatives(self, record, index):
     """K hard negatives as a side [K, ...] plus ids [K]; missing ones are padding."""
     t, k = self.task, self.num_negatives
-    values = list(self.field(record, index, t.negatives.field))
-    ids = [int(i) for i in self.field(record, index, t.negative_ids)]
+    values = self.field(record, index, t.negatives.field)
+    ids = self.field(record, index, t.negative_ids)
+    if not isinstance(values, (list, tuple, np.ndarray)) or \
+        not isinstance(ids, (list, tuple, np.ndarray)):
+      raise BadRecord(f"{self._where(index)}: fields {t.negatives.field!r} and "
+                      f"{t.negative_ids!r} must be lists, got {type(values).__name__} and "
+                      f"{type(ids).__name__}", "bad_value")
+    values, ids = list(values), [self.as_id(i, index, t.negative_ids) for i in ids]
     if len(values) != len(ids):
       raise BadRecord(f"{self._where(index)}: {len(values)} negatives in {t.negatives.field!r} "
-                      f"but {len(ids)} ids in {t.negative_ids!r}")
+                      f"but {len(ids)} ids in {t.negative_ids!r}", "bad_value")
     values, ids = values[:k], ids[:k]
     sides = [self.side({t.negatives.field: v}, index, (t.negatives,), None) for v in values]
     if not sides:  # no negative at all: a placeholder of the right shape, fully masked
@@ -191,20 +239,29 @@ class ExampleLoader:
     try:
       return decode_segment(modality, value, self.shapes, self.tokenizer)
     except MediaError as e:
-      raise BadRecord(f"{self._where(index)}, field {field!r} ({modality}): {e}") from e
+      raise BadRecord(f"{self._where(index)}, field {field!r} ({modality}): {e}",
+                      "bad_text" if modality == "text" else "bad_media") from e
 
   def field(self, record, index, name):
     if name not in record:
-      raise BadRecord(f"{self._where(index)}: no field {name!r}; fields: {sorted(record)}")
+      raise BadRecord(f"{self._where(index)}: no field {name!r}; fields: {sorted(record)}",
+                      "missing_field")
     return record[name]
 
   def record_id(self, record, index, name):
     """An id field's value; ``None`` as the field name means the record index."""
-    return index if name is None else int(self.field(record, index, name))
+    return index if name is None else self.as_id(self.field(record, index, name), index, name)
+
+  def as_id(self, value, index, name):
+    """``int(value)``, or a bad_value BadRecord (null, a list, a word, ...)."""
+    try:
+      return int(value)
+    except (TypeError, ValueError):
+      raise BadRecord(f"{self._where(index)}, field {name!r}: an id must be an integer, got "
+                      f"{value!r:.40}", "bad_value") from None
 
   def _where(self, index=None):
-    where = f"dataset {self.task.dataset!r} split {self.split!r} (task {self.task.name!r})"
-    return where if index is None else f"{where} record {index}"
+    return record_where(self.task, self.split, index)
 
 
 def label_text(value):
@@ -227,7 +284,7 @@ class PromptExampleLoader(ExampleLoader):
     label = label_text(self.field(record, index, self.spec.label))
     if label not in self.class_index:
       raise BadRecord(f"{self._where(index)}: label {label!r} in field {self.spec.label!r} "
-                      f"is not among the task's classes {tuple(self.class_index)}")
+                      f"is not among the task's classes {tuple(self.class_index)}", "bad_value")
     prompts = self.spec.prompts(label)
     prompt = prompts[index % len(prompts)]
     class_id = np.int32(self.class_index[label])

@@ -40,8 +40,10 @@ numbers, lists stay lists (of resolved values), and a nested object is flattened
   {"bytes_b64": "iVBO..."}  the bytes themselves, base64-encoded.
 
 A bare string is always text, also in a field a task reads as an image. A missing file,
-bad base64, bad JSON or a missing mapped field raises ``ManifestError`` naming the
-manifest, the line (JSONL) or record index (ArrayRecord), the field and the path.
+bad base64, bad JSON or a missing mapped field raises ``ManifestError`` (a
+gemb.data.bad_records.BadRecord of the matching kind) naming the manifest, the line (JSONL)
+or record index (ArrayRecord), the field and the path. A mapped field that none of the
+first records has is a typo in the mapping: ``SourceError`` when the manifest is opened.
 
 Example (/data/pairs_train.jsonl; each line is one record, wrapped here for reading)::
 
@@ -75,6 +77,8 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import read_only_builder
 from tensorflow_datasets.core import registered
 
+from gemb.data.bad_records import BadRecord
+
 SCHEMES = ("tfds", "manifest")
 MEDIA_KEYS = ("path", "bytes_b64")
 
@@ -83,8 +87,12 @@ class SourceError(ValueError):
   """A dataset string, split or field mapping that cannot be opened."""
 
 
-class ManifestError(ValueError):
-  """A manifest record that cannot be read; the message names where it is."""
+class ManifestError(BadRecord):
+  """A manifest record that cannot be read; the message names where it is, the kind what."""
+
+
+# How many records the check of a field mapping looks at when a manifest is opened.
+_MAPPING_CHECK_RECORDS = 20
 
 
 def open_source(dataset: str, split: str, *, data_dir: str = "", fields: dict | None = None):
@@ -247,8 +255,9 @@ class TfdsSource:
 
   def __getitem__(self, index):
     record = flatten(self._source[index])
-    record = _select(record, self.fields, lambda path: SourceError(
-        f"{self._where()} record {index}: no field {path!r}; available: {sorted(record)}"))
+    record = _select(record, self.fields, lambda path: BadRecord(
+        f"{self._where()} record {index}: no field {path!r}; available: {sorted(record)}",
+        "missing_field"))
     names = self.fields or {k: k for k in record}
     return {k: normalize_tfds(v, self._depths.get(names[k], 0)) for k, v in record.items()}
 
@@ -284,27 +293,47 @@ class _Manifest:
     self.path, self.fields = path, fields
     self.base_dir = os.path.dirname(path)
 
-  def _check_first_record(self):
-    # A mapped field that the first record lacks is almost surely a typo in the mapping:
-    # fail when opening instead of on (or skipping) every record.
-    if self.fields is not None and len(self):
-      self.raw_record(0)
+  def _check_mapping(self):
+    # A mapped field that none of the first records has is almost surely a typo in the
+    # mapping: fail when opening instead of on (or skipping) every record. A field only
+    # some records lack, and lines that do not parse, are bad records, reported (or
+    # skipped) where they are read.
+    if self.fields is None:
+      return
+    missing, seen = set(self.fields.values()), set()
+    count = min(len(self), _MAPPING_CHECK_RECORDS)
+    for index in range(count):
+      try:
+        keys = self._parse(index).keys()
+      except ManifestError:
+        continue
+      missing -= keys
+      seen |= keys
+      if not missing:
+        return
+    if seen:
+      raise SourceError(f"manifest {self.path}: mapped field(s) {sorted(missing)} are in none "
+                        f"of its first {count} records; their fields: {sorted(seen)}")
+
+  def _parse(self, index: int) -> dict:
+    """Record ``index`` (in range) parsed and flattened, not mapped."""
+    try:
+      obj = json.loads(self._raw(index))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise ManifestError(f"{self._where(index)}: not valid JSON: {e}", "not_json") from e
+    if not isinstance(obj, dict):
+      raise ManifestError(f"{self._where(index)}: expected a JSON object, got "
+                          f"{type(obj).__name__}", "not_json")
+    return flatten(obj, media_refs=True)
 
   def raw_record(self, index: int) -> dict:
     """Record ``index`` flattened and mapped, media references not yet read."""
     if not -len(self) <= index < len(self):
       raise IndexError(f"manifest {self.path}: index {index} out of range [0, {len(self)})")
     index %= len(self)
-    try:
-      obj = json.loads(self._raw(index))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise ManifestError(f"{self._where(index)}: not valid JSON: {e}") from e
-    if not isinstance(obj, dict):
-      raise ManifestError(f"{self._where(index)}: expected a JSON object, got "
-                          f"{type(obj).__name__}")
-    record = flatten(obj, media_refs=True)
+    record = self._parse(index)
     return _select(record, self.fields, lambda field: ManifestError(
-        f"{self._where(index)}: no field {field!r}; fields: {sorted(record)}"))
+        f"{self._where(index)}: no field {field!r}; fields: {sorted(record)}", "missing_field"))
 
   def __getitem__(self, index: int) -> dict:
     index = int(index)
@@ -327,21 +356,23 @@ class _Manifest:
     where = f"{self._where(index)}, field {field!r}"
     if len(ref) != 1:
       raise ManifestError(f"{where}: a media value has exactly one key of {MEDIA_KEYS}, "
-                          f"got {sorted(ref)}")
+                          f"got {sorted(ref)}", "bad_media_ref")
     if "bytes_b64" in ref:
       try:
         return base64.b64decode(ref["bytes_b64"], validate=True)
       except (binascii.Error, TypeError, ValueError) as e:
-        raise ManifestError(f"{where}: bad base64: {e}") from e
+        raise ManifestError(f"{where}: bad base64: {e}", "bad_media_ref") from e
     rel = ref["path"]
     if not isinstance(rel, str) or not rel:
-      raise ManifestError(f"{where}: path must be a non-empty string, got {rel!r}")
+      raise ManifestError(f"{where}: path must be a non-empty string, got {rel!r}",
+                          "bad_media_ref")
     path = os.path.join(self.base_dir, os.path.expanduser(rel))
     try:
       with open(path, "rb") as f:
         return f.read()
     except OSError as e:
-      raise ManifestError(f"{where}: cannot read {path}: {e.strerror or e}") from e
+      raise ManifestError(f"{where}: cannot read {path}: {e.strerror or e}",
+                          "missing_file") from e
 
   def __repr__(self):
     return f"{type(self).__name__}({self.path!r}, {len(self)} records)"
@@ -389,7 +420,7 @@ class JsonlManifest(_Manifest):
     self._stamp = self._file_stamp()
     self._offsets = index_lines(path)
     self._fd = self._pid = None
-    self._check_first_record()
+    self._check_mapping()
 
   def _file_stamp(self):
     st = os.stat(self.path)
@@ -450,7 +481,7 @@ class ArrayRecordManifest(_Manifest):
       self._reader = array_record_data_source.ArrayRecordDataSource(path)
     except (RuntimeError, OSError) as e:
       raise SourceError(f"manifest {path}: cannot open as ArrayRecord: {e}") from e
-    self._check_first_record()
+    self._check_mapping()
 
   def __len__(self):
     return len(self._reader)

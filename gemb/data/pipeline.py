@@ -23,12 +23,15 @@ max_audio_seconds / max_video_frames (bad-input bounds), tokenizer_texts.
 Input shapes come from config.model (text.max_len, image.size, audio, video).
 """
 
+from absl import logging
 import grain
 import numpy as np
 
 from gemb.data import sources
-from gemb.data.examples import (BadRecord, ExampleLoader, InputShapes, PromptExampleLoader,
-                                label_text, side_slots)
+from gemb.data.bad_records import BadRecord, describe, kind_of, kind_vector
+from gemb.data.examples import (ExampleLoader, InputShapes, PromptExampleLoader, check_text,
+                                label_text, read_record, record_where, side_slots)
+from gemb.data.media import MediaError
 from gemb.data.tasks import ClassificationSpec, Segment, TaskSpec, is_zero_shot
 
 # Records read ahead per process: enough to hide decode latency, small enough that large
@@ -142,8 +145,8 @@ def train_dataset(config, tokenizer, *, seed, process_index=0, process_count=1):
 
   Each batch is this process's block of data.batch_size // process_count examples of a
   global batch, in the batch format of gemb/batch.py plus "task_index" [b] (which
-  task) and "skipped" [b] (bad records replaced under on_bad_record="skip"); the loop pops
-  both before the step. The global stream depends only on the seed; iter(ds).get_state()
+  task) and "skipped" [b, len(gemb.data.bad_records.KINDS)] (bad records replaced under
+  on_bad_record="skip", per kind); the loop pops both before the step. The global stream depends only on the seed; iter(ds).get_state()
   counts global batches, the same in every process, and set_state() resumes it exactly
   (also with worker processes, and under another process count).
   """
@@ -187,24 +190,41 @@ def train_dataset(config, tokenizer, *, seed, process_index=0, process_count=1):
   return ds
 
 
-def _usable_examples(loader, on_bad_record):
+def _usable_examples(loader, on_bad_record, skipped):
   """(record index, example) of every record of the loader's source, in order; a bad record
-  raises, or with on_bad_record="skip" is left out."""
+  raises, or with on_bad_record="skip" is left out and its kind appended to ``skipped``."""
   for index in range(len(loader.source)):
     try:
       example = loader.load(index)
-    except BadRecord:
+    except BadRecord as e:
       if on_bad_record != "skip":
         raise
+      skipped.append(e.kind)
       continue
     yield index, example
+
+
+def _report_skipped(what, task, split, skipped, num_records):
+  """Logs how many of a split's records ``what`` (an eval corpus, the tokenizer corpus)
+  left out, by kind; -> that number."""
+  if skipped:
+    logging.warning("%s: data.on_bad_record=skip left out %d of %d records of %s (%s)", what,
+                    len(skipped), num_records, record_where(task, split),
+                    describe(kind_vector(skipped)))
+  return len(skipped)
+
+
+def _no_usable_records(task, split, skipped):
+  kinds = f": all bad ({describe(kind_vector(skipped))})" if skipped else ""
+  return ValueError(f"task {task.name!r} split {split!r} has no usable records{kinds}")
 
 
 def retrieval_corpus(config, task, tokenizer, split=None):
   """A whole split as a retrieval problem: unique queries, unique candidates, relevance.
 
   Returns {"queries": side [n, ...], "candidates": side [m, ...], "qrels": list (len n) of
-  {candidate index: 1}, "query_ids": int32 [n], "candidate_ids": int32 [m]}. Queries and
+  {candidate index: 1}, "query_ids": int32 [n], "candidate_ids": int32 [m],
+  "num_skipped_records": bad records left out (on_bad_record="skip")}. Queries and
   candidates are deduplicated by id (first record wins); a query is relevant to every
   candidate id it is paired with in any record (many-to-many).
   """
@@ -212,14 +232,14 @@ def retrieval_corpus(config, task, tokenizer, split=None):
   source = open_split(config, task, split)
   loader = make_loader(config, task, tokenizer, split, np.arange(len(source)), source,
                        train=False)
-  queries, candidates, pairs = {}, {}, set()
-  for _, example in _usable_examples(loader, config.data.on_bad_record):
+  queries, candidates, pairs, skipped = {}, {}, set(), []
+  for _, example in _usable_examples(loader, config.data.on_bad_record, skipped):
     q, c = int(example["query_id"]), int(example["candidate_id"])
     queries.setdefault(q, example["query"])
     candidates.setdefault(c, example["candidate"])
     pairs.add((q, c))
   if not queries:
-    raise ValueError(f"task {task.name!r} split {split!r} has no usable records")
+    raise _no_usable_records(task, split, skipped)
   query_ids, candidate_ids = sorted(queries), sorted(candidates)
   position = {c: j for j, c in enumerate(candidate_ids)}
   qrels = [dict() for _ in query_ids]
@@ -229,7 +249,9 @@ def retrieval_corpus(config, task, tokenizer, split=None):
   return {"queries": _stack([queries[q] for q in query_ids]),
           "candidates": _stack([candidates[c] for c in candidate_ids]),
           "qrels": qrels, "query_ids": np.asarray(query_ids, np.int32),
-          "candidate_ids": np.asarray(candidate_ids, np.int32)}
+          "candidate_ids": np.asarray(candidate_ids, np.int32),
+          "num_skipped_records": _report_skipped("eval corpus", task, split, skipped,
+                                                 len(source))}
 
 
 def classification_corpus(config, task, tokenizer, split=None):
@@ -237,25 +259,30 @@ def classification_corpus(config, task, tokenizer, split=None):
 
   Returns {"queries": side [n, ...], "labels": int32 [n] (index into classes), "classes":
   tuple of the class names, "prompts": text side [num_classes * num_templates, ...], class
-  after class, each class's prompts in template order, "num_templates": int}.
+  after class, each class's prompts in template order, "num_templates": int,
+  "num_skipped_records": bad records left out (on_bad_record="skip")}. With declared
+  classes, a record whose label is none of them is a bad record.
   """
   split = split or task.eval_split
   source = open_split(config, task, split)
   # The query task's candidate is the label as text: the loader rejects empty labels.
   loader = make_loader(config, task.query_task(), tokenizer, split, np.arange(len(source)),
                        source, train=False)
-  queries, names = [], []
-  for index, example in _usable_examples(loader, config.data.on_bad_record):
+  queries, names, skipped = [], [], []
+  for index, example in _usable_examples(loader, config.data.on_bad_record, skipped):
     queries.append(example["query"])
-    names.append(label_text(source[index][task.label]))
-  if not queries:
-    raise ValueError(f"task {task.name!r} split {split!r} has no usable records")
+    names.append(label_text(loader.read(index)[task.label]))
   classes = _classes(task, names)
   position = {c: i for i, c in enumerate(classes)}
   unknown = sorted(set(names) - set(position))
-  if unknown:
+  if unknown and config.data.on_bad_record != "skip":
     raise BadRecord(f"task {task.name!r} split {split!r}: labels {unknown[:5]} in field "
-                    f"{task.label!r} are not among the task's classes {classes}")
+                    f"{task.label!r} are not among the task's classes {classes}", "bad_value")
+  known = [i for i, n in enumerate(names) if n in position]
+  skipped += ["bad_value"] * (len(names) - len(known))
+  queries, names = [queries[i] for i in known], [names[i] for i in known]
+  if not queries:
+    raise _no_usable_records(task, split, skipped)
   prompts = []
   for c in classes:
     for p in task.prompts(c):
@@ -265,17 +292,27 @@ def classification_corpus(config, task, tokenizer, split=None):
         raise ValueError(f"task {task.name!r}: prompt {p!r} of class {c!r}: {e}") from None
   return {"queries": _stack(queries), "labels": np.asarray([position[n] for n in names],
                                                            np.int32),
-          "classes": classes, "prompts": _stack(prompts), "num_templates": len(task.templates)}
+          "classes": classes, "prompts": _stack(prompts), "num_templates": len(task.templates),
+          "num_skipped_records": _report_skipped("eval corpus", task, split, skipped,
+                                                 len(source))}
 
 
 def class_names(config, task):
   """The classes of a classification task, in order (see ClassificationSpec.classes)."""
   if task.classes:
     return task.classes
-  source = open_split(config, task, task.eval_split)
-  records = (source[i] for i in range(len(source)))
-  # Records without a label are left to classification_corpus, which names them.
-  return _classes(task, [label_text(r[task.label]) for r in records if task.label in r])
+  split = task.eval_split
+  source = open_split(config, task, split)
+  labels = []
+  for i in range(len(source)):
+    try:
+      record = read_record(task, split, source, i)
+    except BadRecord:
+      continue  # left to classification_corpus, which names (or skips and counts) it
+    # Records without a label are left to classification_corpus too.
+    if task.label in record:
+      labels.append(label_text(record[task.label]))
+  return _classes(task, labels)
 
 
 def _classes(task, labels):
@@ -290,7 +327,8 @@ def _stack(sides):
 def tokenizer_corpus(config, names=None):
   """Texts to train the run's sentencepiece model on: the text fields of every configured
   task's train split (evenly sampled, at most data.tokenizer_texts per task), plus the
-  task instructions."""
+  task instructions. A bad record among them raises, or with on_bad_record="skip" is left
+  out and counted in the log; a task whose every sampled record is bad stops the run."""
   names = names or tuple(config.data.tasks) + tuple(config.eval.tasks)
   texts, reads = [], {}  # tasks on one split (e.g. both WordNet tasks) read it once
   for task in get_tasks(config, dict.fromkeys(names)):
@@ -311,12 +349,63 @@ def tokenizer_corpus(config, names=None):
     if split not in reads:
       source = open_split(config, task, task.train_split)
       count = min(len(source), config.data.tokenizer_texts)
-      indices = [int(i) for i in np.linspace(0, len(source) - 1, count).astype(int)]
-      # One batched read (ArrayRecord sources): ~4x faster than record by record.
-      reads[split] = (source.__getitems__(indices) if hasattr(source, "__getitems__")
-                      else [source[i] for i in indices])
-    for record in reads[split]:
-      for f in fields:
-        values = record[f] if isinstance(record[f], (list, tuple, np.ndarray)) else [record[f]]
-        texts.extend(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values)
+      reads[split] = _read_sampled(
+          source, [int(i) for i in np.linspace(0, len(source) - 1, count).astype(int)])
+    skipped, first = [], None
+    for index, record in reads[split]:
+      try:
+        texts.extend(_record_texts(task, index, record, fields, config.data.max_text_chars))
+      except BadRecord as e:
+        if config.data.on_bad_record != "skip":
+          raise
+        skipped.append(e.kind)
+        first = first or e
+    if skipped and len(skipped) == len(reads[split]):
+      raise BadRecord(f"{record_where(task, task.train_split)}: all {len(skipped)} records "
+                      f"sampled for the tokenizer are bad ({describe(kind_vector(skipped))}), "
+                      f"so data.on_bad_record=skip has nothing to train on. The first: {first}",
+                      first.kind)
+    _report_skipped("tokenizer corpus", task, task.train_split, skipped, len(reads[split]))
   return [t for t in dict.fromkeys(t.strip() for t in texts) if t]
+
+
+def _read_sampled(source, indices):
+  """[(index, record, or the error reading it raised)] of the records at ``indices``."""
+  if hasattr(source, "__getitems__"):
+    # One batched read (ArrayRecord sources): ~4x faster than record by record.
+    try:
+      return list(zip(indices, source.__getitems__(indices)))
+    except (OSError, ValueError, KeyError):
+      pass  # a bad record among them: read one by one to tell which
+  out = []
+  for i in indices:
+    try:
+      out.append((i, source[i]))
+    except (OSError, ValueError, KeyError) as e:
+      out.append((i, e))
+  return out
+
+
+def _record_texts(task, index, record, fields, max_chars):
+  """The texts in ``fields`` of record ``index`` of the task's train split (a record read
+  by _read_sampled), or a BadRecord naming the record and field: a record that training
+  would skip as bad for its texts is left out here too."""
+  where = record_where(task, task.train_split, index)
+  if isinstance(record, Exception):
+    raise BadRecord(f"{where}: cannot read the record: {record}", kind_of(record)) from record
+  texts = []
+  for f in fields:
+    if f not in record:
+      raise BadRecord(f"{where}: no field {f!r}; fields: {sorted(record)}", "missing_field")
+    values = [record[f]]
+    if task.negatives is not None and f == task.negatives.field:  # a list of texts
+      values = record[f]
+      if not isinstance(values, (list, tuple, np.ndarray)):
+        raise BadRecord(f"{where}: field {f!r} (hard negatives) must be a list, got "
+                        f"{type(values).__name__}", "bad_value")
+    for v in values:
+      try:
+        texts.append(check_text(v, max_chars))
+      except MediaError as e:
+        raise BadRecord(f"{where}, field {f!r} (text): {e}", "bad_text") from e
+  return texts

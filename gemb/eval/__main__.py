@@ -65,6 +65,7 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
     raise app.UsageError(str(e)) from None
   tokenizer = tokenizer_path(workdir)
   available = checkpoint_steps(workdir)
+  explicit = step is not None
   step = available[-1] if step is None else int(step)
   if step not in available:
     raise app.UsageError(f"--step={step}: no such checkpoint; available steps: {available}")
@@ -82,8 +83,10 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
     # ---- Random init (the config's seed) is the restore target; restore the trained params.
     setup, init_state = create_train_state(config, mesh)
     graphdef = setup.graphdef
-    params = ckpt.restore_params(step, init_state["params"])
-    stage = ckpt.restore_meta(step).get("stage", "")
+    step, (params, stage) = _restore_intact(
+        ckpt, workdir, step, explicit,
+        lambda s: (ckpt.restore_params(s, init_state["params"]),
+                   ckpt.restore_meta(s).get("stage", "")))
   finally:
     ckpt.close()
 
@@ -110,6 +113,27 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
       writer.scalars(step, report.eval_scalars(trained))
     print(markdown)
   return trained, random_init, paths
+
+
+def _restore_intact(ckpt, workdir, step, explicit, restore):
+  """(step, restore(step)). A corrupt checkpoint given by --step stops, naming it and the
+  newest intact one; the latest (no --step) falls back to the newest intact one, saying so."""
+  from absl import logging
+  found, restored, corrupt = ckpt.newest_intact(
+      restore, steps=[step] if explicit else None)
+  if found is not None:
+    for bad, reason in corrupt:
+      logging.warning("checkpoint step %d (%s) is corrupt: %s; evaluating step %d, the newest "
+                      "intact checkpoint", bad, ckpt.step_dir(bad), reason, found)
+    return found, restored
+  if not explicit:
+    raise app.UsageError(f"--workdir={workdir}: no intact checkpoint: " + "; ".join(
+        f"step {s} ({ckpt.step_dir(s)}): {reason}" for s, reason in corrupt))
+  others = [s for s in ckpt.all_steps() if s != step and ckpt.problem(s) is None]
+  hint = (f"The newest intact one: python -m gemb.eval --workdir={workdir} --step={others[-1]}"
+          if others else "No other checkpoint is intact.")
+  raise app.UsageError(f"--step={step}: checkpoint {ckpt.step_dir(step)} is corrupt: "
+                       f"{corrupt[0][1]}. {hint}")
 
 
 def _int_list(values):

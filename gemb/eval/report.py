@@ -20,7 +20,8 @@ DESIGN.md:
 "by_dim" (optional) holds the quality metrics (all but counts and chance levels) at each
 evaluated Matryoshka output size; the top-level values are those of the largest size.
 Metric values are fractions in [0, 1]; keys starting with "num_" are counts; "chance_<m>"
-is the expected value of metric m for a random ranking. "encode" (optional) is the
+is the expected value of metric m for a random ranking; "num_skipped_records" (optional) is
+how many bad records of the eval split data.on_bad_record=skip left out. "encode" (optional) is the
 throughput of embedding each side (for classification the candidates are the class
 prompts), timed without compilation. "baseline" (optional; written by `python -m
 gemb.eval`, not by the trainer) holds the same tasks evaluated with an untrained model.

@@ -140,4 +140,6 @@ def evaluate_dims(graphdef, params, mesh, tasks, dims, batch_size):
     results[name] = dict(by_dim[max(dims)],
                          by_dim={str(d): report.quality_metrics(m) for d, m in by_dim.items()},
                          encode={"queries": speed["queries"], "candidates": speed[sides[1]]})
+    if corpus.get("num_skipped_records"):  # bad records left out under on_bad_record=skip
+      results[name]["num_skipped_records"] = corpus["num_skipped_records"]
   return results

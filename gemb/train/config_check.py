@@ -3,12 +3,15 @@ the key, instead of after the tokenizer was trained or hours into a run.
 
 Unknown keys and wrong types given on the command line are already refused by
 ml-collections (locked config, typed fields); this covers what it cannot see: values out of
-their allowed set, a missing pretrained checkpoint, stage overrides
+their allowed set, model shapes the model cannot be built with (checked by building it
+abstractly: no memory, no compilation), a missing pretrained checkpoint, stage overrides
 (gemb/run/curriculum.py), task names, Matryoshka dims that the model cannot produce, and
 batches that the mesh cannot split.
 """
 
 import os
+
+from flax import nnx
 
 from gemb import losses, parallel
 from gemb.data import examples, pipeline
@@ -84,8 +87,28 @@ def _check_section_values(config, where):
                 f"retrieval metric that the evaluator reports ({', '.join(BEST_METRICS)})")
 
 
+MODEL_POSITIVE_INTS = ("width", "depth", "heads", "mlp_dim", "embed_dim", "max_positions")
+
+
+def _check_model(model):
+  for key in MODEL_POSITIVE_INTS:
+    value = model[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise _fail("", f"model.{key}", f"must be a positive int, got {value!r}")
+  if model.width % model.heads:
+    raise _fail("", "model.heads", f"{model.heads} does not divide model.width={model.width} "
+                "(each head attends over width / heads dims)")
+  # Every other shape rule (patch sizes, frames, encoders) is the model's own: build it
+  # abstractly, as the trainer will for real after the tokenizer is trained.
+  try:
+    nnx.eval_shape(lambda: embedder_model.MultimodalEmbedder(model, rngs=nnx.Rngs(0)))
+  except (ValueError, TypeError, ZeroDivisionError) as e:
+    raise _fail("", "model", f"the model cannot be built: {e}") from None
+
+
 def validate(config):
   """Checks the whole config and every stage's resolved config; -> [Stage]."""
+  _check_model(config.model)
   stages = curriculum.resolve_stages(config)
   for stage in stages:
     where = "" if len(stages) == 1 else f".stages[{stage.index}] ({stage.name!r})"

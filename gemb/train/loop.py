@@ -17,6 +17,7 @@ from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from gemb import parallel, paths
+from gemb.data.bad_records import Tally
 from gemb.data.pipeline import tokenizer_corpus, train_dataset
 from gemb.data.tokenizer import Tokenizer
 from gemb.eval import report
@@ -92,16 +93,25 @@ class Evaluator:
       self.corpora.update({keys[t]: loaded[t] for t in missing})
     return {t: self.corpora[key] for t, key in keys.items()}
 
-  def __call__(self, config, step, stage_name, params, *, name=None):
+  def __call__(self, config, step, stage_name, params, *, name=None, publish=True):
     """-> (results, score): score = the mean of train.best_metric over the retrieval tasks
     (None when none reports it, e.g. only classification tasks: the checkpoint is then not
-    ranked); (None, None) when the stage has no eval tasks."""
+    ranked); (None, None) when the stage has no eval tasks. publish=False: leave writing the
+    results to a later ``publish`` (once the checkpoint of that step is saved)."""
     if not config.eval.tasks:
       return None, None
     results = evaluate_dims(self.graphdef, params, self.mesh, self.corpora_for(config),
                             config.eval.dims, config.eval.batch_size)
     values = report.metric_values(results, config.train.best_metric)
     score = float(np.mean(values)) if values else None
+    if publish:
+      self.publish(step, stage_name, results, score, name=name)
+    return results, score
+
+  def publish(self, step, stage_name, results, score, *, name=None):
+    """TensorBoard scalars (not for a named eval, e.g. the soup) and eval/<...>.json."""
+    if results is None:
+      return
     if name is None:
       self.writer.scalars(step, report.eval_scalars(results)
                           | ({} if score is None else {"eval/score": score}))
@@ -109,7 +119,6 @@ class Evaluator:
       path = report.write_eval_json(self.workdir, step, stage_name, results, name=name)
       logging.info("eval (%s) at step %d -> %s\n%s", stage_name, step, path,
                    report.markdown_table(results))
-    return results, score
 
 
 def train_and_evaluate(config, workdir):
@@ -139,11 +148,12 @@ def train_and_evaluate(config, workdir):
   soup_pins = [s.end for s in stages] if config.soup.kind == "stages" else ()
   ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints,
                       keep_best=config.train.keep_best, pinned=soup_pins)
-  resumed = ckpt.latest_step()
+  # The newest intact checkpoint: corrupt newer ones are named and moved aside.
+  resumed, restored = ckpt.restore_newest_intact(
+      lambda step: (ckpt.restore_state(step, state), ckpt.restore_meta(step)["stage_index"]))
   data_stage = None  # the stage whose data iterator the checkpoint holds
   if resumed is not None:
-    state = ckpt.restore_state(resumed, state)
-    data_stage = ckpt.restore_meta(resumed)["stage_index"]
+    state, data_stage = restored
     logging.info("resumed from step %d (stage %s)", resumed, stages[data_stage].name)
   else:  # a fresh start: pretrained parts first, then another run's params on top
     state["params"] = load_pretrained_params(config.model, state["params"])
@@ -223,7 +233,8 @@ def run_stage(run, stage, state, restore_step):
   window, last = Window(), None
   # Rates and ETAs leave out compilation (a new batch structure compiles for seconds, and the
   # first steps of a stage meet most of them): the ETA is that of the steps still to run.
-  t0, step0, skipped_total, flops_done, compile_seconds = time.time(), step, 0, 0.0, 0.0
+  t0, step0, flops_done, compile_seconds = time.time(), step, 0.0, 0.0
+  skipped, skipped_logged = Tally(task_names), 0  # bad records replaced (data.on_bad_record)
   while step < stage.end:
     if run.watch.reached(step):
       ckpt.wait()
@@ -231,8 +242,10 @@ def run_stage(run, stage, state, restore_step):
         ckpt.save(step, state, data_iter, meta, force=True)
         ckpt.wait()
       return state, last
+    ckpt.poll()  # a background save that failed stops the run here, not at the next save
     host_batch = next(data_iter)
-    task_index, skipped = host_batch.pop("task_index"), host_batch.pop("skipped")
+    task_index = host_batch.pop("task_index")
+    skipped.add(host_batch.pop("skipped"), task_index)
     batch = parallel.host_to_global(host_batch, mesh)
     with jax.set_mesh(mesh):
       key = jax.tree.structure(batch), tuple(x.shape for x in jax.tree.leaves(batch))
@@ -245,7 +258,6 @@ def run_stage(run, stage, state, restore_step):
       state, step_metrics = run_step(state, batch)
     step += 1
     flops_done += flops
-    skipped_total += int(skipped.sum())
     window.add(step_metrics, task_names[int(task_index[0])]
                if config.data.mixing == "task" else None)
 
@@ -257,7 +269,7 @@ def run_stage(run, stage, state, restore_step):
       scalars |= {"train/steps_per_s": rate,
                   "train/examples_per_s": rate * config.data.batch_size,
                   "train/model_flops_per_s": flops_done / elapsed,
-                  "train/skipped_records": skipped_total, "train/stage": stage.index}
+                  "train/stage": stage.index} | skipped.scalars()
       if train_cfg.peak_flops:
         scalars["train/mfu"] = flops_done / elapsed / (train_cfg.peak_flops * mesh.size)
       run.writer.scalars(step, scalars)
@@ -267,16 +279,25 @@ def run_stage(run, stage, state, restore_step):
                    stage.steps, step, stages[-1].end, scalars["train/loss"],
                    scalars["train/accuracy"], rate, flops_done / elapsed / 1e9,
                    _duration((stage.end - step) / rate), _duration(total_left / rate))
+      if skipped.total > skipped_logged:
+        skipped_logged = skipped.total
+        logging.warning("%s: %d bad records skipped so far (data.on_bad_record=skip): %s",
+                        stage.name, skipped.total, skipped.summary())
 
     every = config.eval.every
     evaluate_now = step == stage.end or (every and (step - stage.start) % every == 0)
     score = None
     if evaluate_now:
-      last, score = run.evaluator(config, step, stage.name, state["params"])
+      last, score = run.evaluator(config, step, stage.name, state["params"], publish=False)
     if evaluate_now or step % train_cfg.checkpoint_every == 0:
       check_finite({"train/nonfinite_streak": int(state["nonfinite_streak"])}, train_cfg,
                    step, ckpt)
       ckpt.save(step, state, data_iter, meta, score=score, force=evaluate_now)
+    if evaluate_now:
+      # An eval result is written once its step's checkpoint is: nothing reports a step
+      # that a failed save lost.
+      ckpt.wait()
+      run.evaluator.publish(step, stage.name, last, score)
   return state, last
 
 
