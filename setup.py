@@ -24,6 +24,10 @@ setup(
                  "faster-whisper==1.2.1"],
         # TensorFlow SavedModel export of serving bundles (python -m gemb.export).
         "serving": ["tensorflow-cpu==2.21.0"],
+        # MTEB evaluation of serving bundles (gemb.integrations.mteb). mteb needs torch for its
+        # DataLoaders: the CPU build (pinned, ~750 MB installed); the others as resolved with it.
+        "mteb": ["mteb==2.26.24", "torch==2.13.0", "datasets==5.2.0",
+                 "sentence-transformers==6.3.0", "transformers==5.25.0"],
         "tpu": ["jax[tpu]==0.10.2"],  # libtpu for TPU VMs (launch/tpu_vm.py installs it)
         "gcp": ["gcsfs==2026.10.1"],  # gs:// workdirs for the files gemb writes itself
     },

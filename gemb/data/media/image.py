@@ -1,4 +1,4 @@
-"""Images: encoded bytes or uint8 arrays -> float32 [size, size, 3] in [-1, 1]."""
+"""Images: encoded bytes, PIL images or uint8 arrays -> float32 [size, size, 3] in [-1, 1]."""
 
 import io
 
@@ -13,28 +13,44 @@ MAX_PIXELS = 64_000_000
 
 
 def to_pil(value):
-  """PNG / JPEG / ... bytes or a uint8 [H, W, 3|4] array -> RGB PIL image."""
+  """PNG / JPEG / ... bytes, a PIL image or a uint8 [H, W, 3|4] array -> RGB PIL image.
+
+  A PIL image (what Hugging Face datasets decode image columns to) is treated exactly as
+  the bytes it was decoded from, so both give the same pixels.
+  """
   if isinstance(value, (bytes, bytearray, memoryview)):
     if not len(value):
       raise MediaError("empty image bytes")
     try:
       image = Image.open(io.BytesIO(value))
-      if image.width * image.height > MAX_PIXELS:
-        raise MediaError(f"image of {image.width}x{image.height} pixels exceeds {MAX_PIXELS}")
+      _check_pixels(image)
       image.load()
     except (OSError, SyntaxError, Image.DecompressionBombError) as e:
       raise MediaError(f"cannot decode image: {e}") from e
-    if image.mode in ("RGBA", "LA", "P"):
-      # Transparent areas become white, as clip art and icons are drawn to be seen on.
-      rgba = image.convert("RGBA")
-      white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-      image = Image.alpha_composite(white, rgba)
-    return image.convert("RGB")
+    return _flatten(image)
+  if isinstance(value, Image.Image):
+    _check_pixels(value)
+    return _flatten(value)
   array = np.asarray(value)
   if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (3, 4):
-    raise MediaError(f"expected image bytes or a uint8 [H, W, 3] array, got {array.dtype} "
-                     f"{array.shape}")
+    raise MediaError(f"expected image bytes, a PIL image or a uint8 [H, W, 3] array, got "
+                     f"{array.dtype} {array.shape}")
   return Image.fromarray(array).convert("RGB")
+
+
+def _check_pixels(image):
+  if image.width * image.height > MAX_PIXELS:
+    raise MediaError(f"image of {image.width}x{image.height} pixels exceeds {MAX_PIXELS}")
+
+
+def _flatten(image):
+  """A decoded image -> RGB; transparent areas become white, as clip art and icons are drawn
+  to be seen on."""
+  if image.mode in ("RGBA", "LA", "P"):
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    image = Image.alpha_composite(white, rgba)
+  return image.convert("RGB")
 
 
 def resize_center_crop(image, size):
