@@ -17,6 +17,16 @@ setup(
     packages=find_packages(include=["gemb", "gemb.*"]),
     python_requires=">=3.11",
     install_requires=requirements,
+    # gemb-X runs the module as `python -m` does (gemb/cli.py); the flags are the same.
+    entry_points={"console_scripts": [
+        "gemb-train = gemb.cli:train",
+        "gemb-eval = gemb.cli:evaluate",
+        "gemb-export = gemb.cli:export",
+        "gemb-embed = gemb.cli:embed",
+        "gemb-serve = gemb.cli:serve",
+        "gemb-bench = gemb.cli:bench",
+        "gemb-pretrained = gemb.pretrained.__main__:main",
+    ]},
     extras_require={
         # ctranslate2 / faster-whisper: the published Whisper implementations that the tests
         # compare gemb's Whisper encoder and features with.
