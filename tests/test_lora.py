@@ -35,7 +35,7 @@ def flat(tree):
 
 def test_default_targets_are_the_attention_and_mlp_projections_of_every_family():
   m = small_model()
-  adapters = lora.LoRA(m, random_params(m))
+  adapters = lora.LoRA(m)
   assert sorted(adapters.views) == ["encoder/blocks/attn/out", "encoder/blocks/attn/qkv",
                                     "encoder/blocks/mlp/down/kernel",
                                     "encoder/blocks/mlp/up/kernel"]
@@ -66,7 +66,7 @@ def test_matrix_views_follow_the_logical_axes():
 def test_merge_is_the_low_rank_update_of_each_kernels_matrix():
   m = small_model(rank=2, alpha=4.0)
   params = random_params(m)
-  adapters = lora.LoRA(m, params)
+  adapters = lora.LoRA(m)
   pairs = adapters.init(jax.random.key(0))
   rng = np.random.default_rng(1)
   pairs = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), jnp.float32), pairs)
@@ -94,7 +94,7 @@ def test_fresh_adapters_leave_the_model_exactly_the_base():
   m = small_model(rank=3)
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: MultimodalEmbedder(m, rngs=nnx.Rngs(0))))
   params = jax.tree.map(jnp.asarray, random_params(m))
-  adapters = lora.LoRA(m, params)
+  adapters = lora.LoRA(m)
   pairs = adapters.init(jax.random.key(0))
   assert all(np.abs(np.asarray(p["a"])).max() > 0 and not np.asarray(p["b"]).any()
              for p in jax.tree.leaves(pairs, is_leaf=lambda t: isinstance(t, dict) and "a" in t))
@@ -107,17 +107,26 @@ def test_fresh_adapters_leave_the_model_exactly_the_base():
 
 
 def test_config_errors_name_the_field():
-  m = small_model()
-  params = random_params(m)
   with pytest.raises(ValueError, match=r"targets='\(' is not a regex"):
-    lora.LoRA(small_model(targets="("), params)
+    lora.LoRA(small_model(targets="("))
   with pytest.raises(ValueError, match=r"targets='\^nothing' matches no parameter.*encoder/"):
-    lora.LoRA(small_model(targets="^nothing"), params)
+    lora.LoRA(small_model(targets="^nothing"))
   with pytest.raises(ValueError, match=r"targets='norm' matches no parameter of 2"):
-    lora.LoRA(small_model(targets="norm"), params)  # norm scales are vectors
+    lora.LoRA(small_model(targets="norm"))  # norm scales are vectors
   with pytest.raises(ValueError, match=r"rank=20 exceeds the smaller side"):
-    lora.LoRA(small_model(rank=20), params)
+    lora.LoRA(small_model(rank=20))
   with pytest.raises(ValueError, match=r"alpha=0.0 must be > 0"):
-    lora.LoRA(small_model(alpha=0.0), params)
+    lora.LoRA(small_model(alpha=0.0))
+  bad = small_model()
+  bad.lora.trainable = "[x"
+  with pytest.raises(ValueError, match=r"model.lora.trainable='\[x' is not a regex"):
+    lora.LoRA(bad)
+  some = small_model()
+  some.lora.trainable = "^(image|head)/|qkv"
+  adapters = lora.LoRA(some)
+  assert adapters.trains("image/proj/kernel") and adapters.trains("head/kernel")
+  assert not adapters.trains("encoder/blocks/attn/qkv")  # adapted: its adapters train
+  assert not adapters.trains("encoder/norm/scale") and not lora.LoRA(small_model()).trains(
+      "head/kernel")
   assert not lora.enabled(small_model(rank=0)) and lora.enabled(small_model(rank=1))
   assert not lora.enabled(tiny.get_config().model)  # configs default to off

@@ -46,12 +46,19 @@ def path_string(path):
                   for k in path)
 
 
-def param_axes(model_config):
-  """{parameter path: logical axes (or None)} of the model of ``model_config``."""
+def abstract_params(model_config):
+  """(params as ShapeDtypeStructs, {parameter path: logical axes or None}) of the model."""
   from gemb.model.embedder_model import MultimodalEmbedder
-  abstract = nnx.eval_shape(lambda: MultimodalEmbedder(model_config, rngs=nnx.Rngs(0)))
-  return {"/".join(map(str, path)): v.get_metadata().get("out_sharding")
+  abstract = nnx.state(nnx.eval_shape(lambda: MultimodalEmbedder(model_config,
+                                                                  rngs=nnx.Rngs(0))))
+  axes = {"/".join(map(str, path)): v.get_metadata().get("out_sharding")
           for path, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
+  return nnx.to_pure_dict(abstract), axes
+
+
+def for_config(model_config):
+  """The LoRA of ``model_config``, or None when model.lora is off."""
+  return LoRA(model_config) if enabled(model_config) else None
 
 
 def matrix_view(shape, axes):
@@ -66,20 +73,17 @@ def matrix_view(shape, axes):
 class LoRA:
   """The adapters of one model config: which kernels, and their [in, out] views."""
 
-  def __init__(self, model_config, params_like):
-    """params_like: the model's params (arrays or ShapeDtypeStructs), a pure dict."""
+  def __init__(self, model_config):
     cfg = model_config.lora
     self.rank, self.alpha = int(cfg.rank), float(cfg.alpha)
     if self.rank <= 0:
       raise ValueError(f"model.lora.rank={self.rank}: LoRA is off (rank 0); nothing to adapt")
     if not self.alpha > 0:
       raise ValueError(f"model.lora.alpha={cfg.alpha!r} must be > 0")
-    try:
-      regex = re.compile(cfg.targets)
-    except re.error as e:
-      raise ValueError(f"model.lora.targets={cfg.targets!r} is not a regex: {e}") from None
+    regex = _regex(cfg, "targets")
+    self.trainable = _regex(cfg, "trainable") if cfg.get("trainable") else None
     self.scale = self.alpha / self.rank
-    axes = param_axes(model_config)
+    params_like, axes = abstract_params(model_config)
     self.views = {}  # path -> (batch dims, input dims)
     paths = []
     for path, x in jax.tree_util.tree_flatten_with_path(params_like)[0]:
@@ -136,9 +140,18 @@ class LoRA:
       return w + (self.scale * delta).astype(w.dtype)
     return jax.tree_util.tree_map_with_path(visit, params)
 
-  def adapted_mask(self, params):
-    """Bools like ``params``: True at the adapted kernels (frozen: their adapters train)."""
-    return jax.tree_util.tree_map_with_path(lambda p, _: path_string(p) in self.views, params)
+  def trains(self, path):
+    """Whether base parameter ``path`` trains next to the adapters (model.lora.trainable;
+    never an adapted kernel)."""
+    return (path not in self.views and self.trainable is not None
+            and bool(self.trainable.search(path)))
+
+
+def _regex(cfg, key):
+  try:
+    return re.compile(cfg[key])
+  except re.error as e:
+    raise ValueError(f"model.lora.{key}={cfg[key]!r} is not a regex: {e}") from None
 
 
 def _put(tree, keys, value):
