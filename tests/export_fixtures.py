@@ -97,8 +97,8 @@ def write_run(path, config, tokenizer_texts):
 
   from gemb.data.tokenizer import Tokenizer
   from gemb.model.embedder_model import MultimodalEmbedder
-  from gemb.train.checkpoint import Checkpointer
-  from gemb.train.optimizer import make_optimizer
+  from gemb.run.checkpoint import Checkpointer
+  from gemb.run.optimizer import make_optimizer
 
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:

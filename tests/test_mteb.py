@@ -60,7 +60,7 @@ def builtin_encoder(builtin_bundle):
 def test_mteb_evaluate_scores_gemb_tasks_as_gemb_eval(builtin_bundle, builtin_encoder, name):
   from gemb.data.pipeline import get_tasks, open_split, retrieval_corpus
   from gemb.data.tokenizer import Tokenizer
-  from gemb.eval.__main__ import load_config
+  from gemb.run.workdir import load_config
   from gemb.eval.retrieval import retrieval_metrics
 
   config = load_config(builtin_bundle)
@@ -173,7 +173,7 @@ def test_encoder_errors_name_the_bad_prompt_and_row(embedder):
 
 
 def test_retrieval_task_refuses_what_mteb_cannot_hold(bundle_dir):
-  from gemb.eval.__main__ import load_config
+  from gemb.run.workdir import load_config
   with pytest.raises(ValueError, match="classification"):
     retrieval_task(bundle_dir, "emoji_group_zero_shot")
   with pytest.raises(ValueError, match=r"k_video.*\['video'\]"):

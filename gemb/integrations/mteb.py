@@ -205,7 +205,7 @@ def retrieval_task(source, task_name, *, tokenizer=None, split=None):
   from gemb.data.pipeline import get_tasks, open_split, retrieval_corpus
   from gemb.data.tasks import ClassificationSpec
   from gemb.data.tokenizer import Tokenizer
-  from gemb.eval.__main__ import load_config
+  from gemb.run.workdir import load_config
 
   if isinstance(source, (str, os.PathLike)):
     config = load_config(os.fspath(source))
