@@ -120,16 +120,25 @@ class LoRA:
       _put(tree, self.views[name][0], {"a": a, "b": jnp.zeros(b_shape, jnp.float32)})
     return tree
 
-  def abstract(self):
-    """ShapeDtypeStructs of the adapters (a restore target)."""
-    tree = {}
-    for name, (a_shape, b_shape) in self.shapes().items():
-      _put(tree, self.views[name][0], {"a": jax.ShapeDtypeStruct(a_shape, jnp.float32),
-                                       "b": jax.ShapeDtypeStruct(b_shape, jnp.float32)})
+  def restore_target(self, params_like):
+    """ShapeDtypeStructs of the adapters of the kernels that ``params_like`` holds (all the
+    params or a subset), each replicated on its kernel's devices."""
+    shapes, tree = self.shapes(), {}
+    for path, x in jax.tree_util.tree_flatten_with_path(params_like)[0]:
+      name = path_string(path)
+      if name in self.views:
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding):
+          sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        a_shape, b_shape = shapes[name]
+        _put(tree, self.views[name][0], {
+            "a": jax.ShapeDtypeStruct(a_shape, jnp.float32, sharding=sharding),
+            "b": jax.ShapeDtypeStruct(b_shape, jnp.float32, sharding=sharding)})
     return tree
 
   def merge(self, params, adapters):
-    """``params`` with every adapted kernel replaced by W + alpha / r * A @ B."""
+    """``params`` (all or a subset) with every adapted kernel replaced by W + alpha / r * A @ B
+    (``adapters``: those of the kernels in ``params``)."""
     def visit(path, w):
       name = path_string(path)
       if name not in self.views:
