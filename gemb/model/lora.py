@@ -84,14 +84,15 @@ class LoRA:
     self.trainable = _regex(cfg, "trainable") if cfg.get("trainable") else None
     self.scale = self.alpha / self.rank
     params_like, axes = abstract_params(model_config)
-    self.views = {}  # path -> (batch dims, input dims)
+    self.views = {}  # path -> (tree keys, kernel shape, batch dims, input dims)
     paths = []
     for path, x in jax.tree_util.tree_flatten_with_path(params_like)[0]:
       name = path_string(path)
       paths.append(name)
       batch, n_in = matrix_view(x.shape, axes.get(name))
       if regex.search(name) and len(x.shape) - batch >= 2:
-        self.views[name] = (tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path), tuple(x.shape), batch, n_in)
+        keys = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
+        self.views[name] = (keys, tuple(x.shape), batch, n_in)
     if not self.views:
       raise ValueError(f"model.lora.targets={cfg.targets!r} matches no parameter of 2 or more "
                        f"dims; parameters: {paths}")
