@@ -17,6 +17,16 @@ setup(
     packages=find_packages(include=["gemb", "gemb.*"]),
     python_requires=">=3.11",
     install_requires=requirements,
+    # gemb-X runs the module as `python -m` does (gemb/cli.py); the flags are the same.
+    entry_points={"console_scripts": [
+        "gemb-train = gemb.cli:train",
+        "gemb-eval = gemb.cli:evaluate",
+        "gemb-export = gemb.cli:export",
+        "gemb-embed = gemb.cli:embed",
+        "gemb-serve = gemb.cli:serve",
+        "gemb-bench = gemb.cli:bench",
+        "gemb-pretrained = gemb.pretrained.__main__:main",
+    ]},
     extras_require={
         # ctranslate2 / faster-whisper: the published Whisper implementations that the tests
         # compare gemb's Whisper encoder and features with.
@@ -29,6 +39,10 @@ setup(
         "reference": ["torch==2.13.0", "sentence-transformers==6.3.0", "transformers==5.25.0"],
         # TensorFlow SavedModel export of serving bundles (python -m gemb.export).
         "serving": ["tensorflow-cpu==2.21.0"],
+        # MTEB evaluation of serving bundles (gemb.integrations.mteb). mteb needs torch for its
+        # DataLoaders: the CPU build (pinned, ~750 MB installed); the others as resolved with it.
+        "mteb": ["mteb==2.26.24", "torch==2.13.0", "datasets==5.2.0",
+                 "sentence-transformers==6.3.0", "transformers==5.25.0"],
         "tpu": ["jax[tpu]==0.10.2"],  # libtpu for TPU VMs (launch/tpu_vm.py installs it)
         "gcp": ["gcsfs==2026.10.1"],  # gs:// workdirs for the files gemb writes itself
     },

@@ -8,6 +8,7 @@ changes another.
 import ml_collections
 from ml_collections import config_dict
 
+from gemb.model import lora
 from gemb.run import curriculum
 
 
@@ -37,6 +38,10 @@ def model_config(*, width, depth, heads, mlp_dim, embed_dim, vocab_size, text_le
       audio=dict(sample_rate=16000, num_samples=16000, encoder="patches", n_fft=400, hop=160,
                  n_mels=64, patch_time=10, patch_mel=16, whisper_checkpoint="", whisper_pool=2),
       video=dict(frames=8, size=image_size, patch=patch, tubelet_time=2),
+      # LoRA (gemb/model/lora.py): rank 0 = off. Adapters on the kernels whose paths match
+      # targets (default: the attention and MLP projections of the shared transformer or
+      # backbone); with it on, the base params are frozen except those matching trainable.
+      lora=dict(rank=0, alpha=16.0, targets=lora.DEFAULT_TARGETS, trainable=""),
   ))
 
 

@@ -2,6 +2,7 @@
 # Installs gemb and everything its built-in data needs into ./.venv (idempotent).
 #   bash launch/install.sh            # then use .venv/bin/python
 #   bash launch/install.sh --serving  # also the `serving` extra (TensorFlow, for SavedModels)
+#                                     # and the `mteb` extra (MTEB evaluation, CPU torch), as CI
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,5 +20,5 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 extras="test"
-if [ "${1:-}" = "--serving" ]; then extras="test,serving"; fi
+if [ "${1:-}" = "--serving" ]; then extras="test,serving,mteb"; fi
 .venv/bin/pip install -q -e ".[$extras]"

@@ -87,6 +87,12 @@ def item(record, segments):
 @functools.lru_cache(maxsize=None)
 def make_workdir(path):
   """Writes the small run to ``path``; returns (path, {step: params as numpy})."""
+  return path, write_run(path, small_config(), list(WORDS) + [INSTRUCTION])
+
+
+def write_run(path, config, tokenizer_texts):
+  """Writes a random-init run of ``config`` (its tokenizer trained on ``tokenizer_texts``)
+  to ``path``; returns {step: params as numpy}."""
   from flax import nnx
 
   from gemb.data.tokenizer import Tokenizer
@@ -94,11 +100,11 @@ def make_workdir(path):
   from gemb.run.checkpoint import Checkpointer
   from gemb.run.optimizer import make_optimizer
 
-  config = small_config()
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
-  Tokenizer.train(list(WORDS) + [INSTRUCTION], 256).save(os.path.join(path, "tokenizer.model"))
+  Tokenizer.train(tokenizer_texts, config.data.vocab_size).save(
+      os.path.join(path, "tokenizer.model"))
   # The trainer's state structure with random numpy values: compiling the model's jax
   # init would cost far more than this whole fixture (random-init params, zero Adam state).
   rng = np.random.default_rng(0)
@@ -121,7 +127,7 @@ def make_workdir(path):
               {"stage_index": 0, "stage": "align"}, force=True)
   ckpt.wait()
   ckpt.close()
-  return path, saved
+  return saved
 
 
 @functools.lru_cache(maxsize=None)

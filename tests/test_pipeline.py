@@ -229,6 +229,14 @@ def test_retrieval_corpus_dedupes_and_relates_by_id(memory_sources, tokenizer):
   for qi, q in enumerate(corpus["query_ids"]):
     relevant = {int(corpus["candidate_ids"][j]) for j in corpus["qrels"][qi]}
     assert relevant == {i for i in range(40) if i % 10 == q}
+  # *_records: the first record of each id, where its raw values are read back.
+  records = memory_sources
+  first = {}
+  for index, r in enumerate(records):
+    first.setdefault(r["label_id"], index)
+  assert corpus["query_records"].tolist() == [first[q] for q in corpus["query_ids"]]
+  assert [records[i]["item_id"] for i in corpus["candidate_records"]] == \
+      corpus["candidate_ids"].tolist()
 
 
 def test_emoji_task_end_to_end(emoji_data_dir):

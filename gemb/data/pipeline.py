@@ -224,19 +224,21 @@ def retrieval_corpus(config, task, tokenizer, split=None):
 
   Returns {"queries": side [n, ...], "candidates": side [m, ...], "qrels": list (len n) of
   {candidate index: 1}, "query_ids": int32 [n], "candidate_ids": int32 [m],
-  "num_skipped_records": bad records left out (on_bad_record="skip")}. Queries and
-  candidates are deduplicated by id (first record wins); a query is relevant to every
-  candidate id it is paired with in any record (many-to-many).
+  "num_skipped_records": bad records left out (on_bad_record="skip"), "query_records":
+  int64 [n], "candidate_records": int64 [m]}. Queries and candidates are deduplicated by id
+  (first record wins; *_records: the index in the split of that record, so the raw values can
+  be read back, as gemb.integrations.mteb does); a query is relevant to every candidate id it
+  is paired with in any record (many-to-many).
   """
   split = split or task.eval_split
   source = open_split(config, task, split)
   loader = make_loader(config, task, tokenizer, split, np.arange(len(source)), source,
                        train=False)
   queries, candidates, pairs, skipped = {}, {}, set(), []
-  for _, example in _usable_examples(loader, config.data.on_bad_record, skipped):
+  for index, example in _usable_examples(loader, config.data.on_bad_record, skipped):
     q, c = int(example["query_id"]), int(example["candidate_id"])
-    queries.setdefault(q, example["query"])
-    candidates.setdefault(c, example["candidate"])
+    queries.setdefault(q, (index, example["query"]))
+    candidates.setdefault(c, (index, example["candidate"]))
     pairs.add((q, c))
   if not queries:
     raise _no_usable_records(task, split, skipped)
@@ -246,12 +248,14 @@ def retrieval_corpus(config, task, tokenizer, split=None):
   row = {q: i for i, q in enumerate(query_ids)}
   for q, c in pairs:
     qrels[row[q]][position[c]] = 1
-  return {"queries": _stack([queries[q] for q in query_ids]),
-          "candidates": _stack([candidates[c] for c in candidate_ids]),
+  return {"queries": _stack([queries[q][1] for q in query_ids]),
+          "candidates": _stack([candidates[c][1] for c in candidate_ids]),
           "qrels": qrels, "query_ids": np.asarray(query_ids, np.int32),
           "candidate_ids": np.asarray(candidate_ids, np.int32),
           "num_skipped_records": _report_skipped("eval corpus", task, split, skipped,
-                                                 len(source))}
+                                                 len(source)),
+          "query_records": np.asarray([queries[q][0] for q in query_ids], np.int64),
+          "candidate_records": np.asarray([candidates[c][0] for c in candidate_ids], np.int64)}
 
 
 def classification_corpus(config, task, tokenizer, split=None):

@@ -271,10 +271,24 @@ class Checkpointer:
         data=ocp.args.JsonRestore()))["data"])
 
   def restore_params(self, step, params_like):
-    """Only the parameters (``state["params"]``) of ``step``, onto ``params_like``'s
-    shardings; ``params_like`` may hold a subset of the saved parameters."""
-    return self._restore_tree(step, {"params": abstract_state(params_like)},
-                              partial=True)["params"]
+    """The parameters the model of ``step`` computes with, onto ``params_like``'s shardings;
+    ``params_like`` may hold a subset of them. A run with LoRA (gemb/model/lora.py) saved
+    its adapters next to the frozen kernels (``state["lora"]``): they come back merged into
+    their kernels, so soups, exports, evaluations and init_from see the adapted model."""
+    adapters = self._lora(step)
+    target = {"params": abstract_state(params_like)}
+    if adapters is None:
+      return self._restore_tree(step, target, partial=True)["params"]
+    target["lora"] = adapters.restore_target(params_like)
+    restored = self._restore_tree(step, target, partial=True)
+    return adapters.merge(restored["params"], restored["lora"])
+
+  def _lora(self, step):
+    """The LoRA of the run that saved ``step`` (its meta holds the stage's config), or None."""
+    from gemb.model import lora
+    from gemb.run.workdir import config_from_json
+    config = self.restore_meta(step).get("config")
+    return None if config is None else lora.for_config(config_from_json(config).model)
 
   def wait(self):
     """Waits for the pending save (raises CheckpointError if it failed, else seals it)."""

@@ -27,16 +27,21 @@ def _tuples(value):
   return value
 
 
+def config_from_json(text):
+  """A resolved config written as JSON (config.json, a checkpoint's meta) as a ConfigDict."""
+  import ml_collections
+  return ml_collections.ConfigDict(_tuples(json.loads(text)))
+
+
 def load_config(workdir):
   """The run's resolved config (config.json) as a ConfigDict."""
-  import ml_collections
   path = os.path.join(workdir, "config.json")
   if not os.path.isdir(workdir):
     raise app.UsageError(f"--workdir={workdir}: no such directory")
   if not os.path.exists(path):
     raise app.UsageError(f"--workdir={workdir}: no config.json (not a gemb run directory?)")
   with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+    return config_from_json(f.read())
 
 
 def tokenizer_path(workdir):

@@ -8,8 +8,9 @@ An *item* is what becomes one embedding:
                                        one-modality dict as above, in order
 
 Python values (``Embedder.embed``): text is str or bytes; image, audio and video are
-encoded bytes, a file path (str or os.PathLike), or arrays as gemb/data/media accepts
-them (uint8 [H, W, 3] images, float [N] audio with its "sample_rate", frame sequences).
+encoded bytes, a file path (str or os.PathLike), or decoded values as gemb/data/media
+accepts them (PIL or uint8 [H, W, 3] images, float [N] audio with its "sample_rate",
+frame sequences).
 
 JSON values (``python -m gemb.serve``, ``python -m gemb.embed``): media are base64
 strings of the encoded file ({"image": "iVBOR..."}) or {"bytes_b64": "..."}; a video may

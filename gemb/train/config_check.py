@@ -4,9 +4,9 @@ the key, instead of after the tokenizer was trained or hours into a run.
 Unknown keys and wrong types given on the command line are already refused by
 ml-collections (locked config, typed fields); this covers what it cannot see: values out of
 their allowed set, model shapes the model cannot be built with (checked by building it
-abstractly: no memory, no compilation), a missing pretrained checkpoint, stage overrides
-(gemb/run/curriculum.py), task names, Matryoshka dims that the model cannot produce, and
-batches that the mesh cannot split.
+abstractly: no memory, no compilation), a missing pretrained checkpoint, LoRA targets that
+match no kernel, stage overrides (gemb/run/curriculum.py), task names, Matryoshka dims that
+the model cannot produce, and batches that the mesh cannot split.
 """
 
 import os
@@ -19,7 +19,7 @@ from gemb.data.builtin import base as builtin_base
 from gemb.data.pipeline import check_trainable, get_tasks
 from gemb.eval import retrieval
 from gemb.eval.tasks import check_batch_size
-from gemb.model import efficientnet, embedder_model, embedders, whisper
+from gemb.model import efficientnet, embedder_model, embedders, lora, whisper
 from gemb.run import curriculum
 from gemb.train import soup
 
@@ -132,6 +132,16 @@ def validate(config):
     if not os.path.isfile(path):
       raise _fail("", "model.image.efficientnet_checkpoint",
                   f"no EfficientNet-Lite0 state dict at {path}")
+  adapters = config.model.get("lora")
+  if adapters is not None:
+    rank = adapters.rank
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+      raise _fail("", "model.lora.rank", f"must be an int >= 0 (0 = off), got {rank!r}")
+    if rank:
+      try:
+        lora.LoRA(config.model)  # its targets must match kernels, its regexes compile
+      except ValueError as e:
+        raise ValueError(f"config.{e}") from None
   soup = config.soup
   if soup.kind == "last" and not 0 < soup.num <= config.train.keep_checkpoints:
     raise _fail("", "soup.num", f"{soup.num} must be in [1, train.keep_checkpoints="

@@ -22,17 +22,17 @@ from gemb.data.pipeline import tokenizer_corpus, train_dataset
 from gemb.data.tokenizer import Tokenizer
 from gemb.eval import report
 from gemb.eval.tasks import evaluate_dims, load_tasks
-from gemb.run import curriculum
 from gemb.run.checkpoint import Checkpointer
 from gemb.run.init_params import load_init_params, load_pretrained_params
 from gemb.run.optimizer import make_optimizer
-from gemb.run.state import TrainSetup, create_train_state
+from gemb.run.state import Trainable, TrainSetup, create_train_state
 from gemb.run.summary import SummaryWriter
 from gemb.train import config_check
 from gemb.train.metrics import Window
 from gemb.train.preemption import PreemptionWatch
 from gemb.train.soup import soup_and_compare
 from gemb.train.step import make_train_step
+from gemb.trees import param_path
 
 
 class NonFiniteError(RuntimeError):
@@ -141,8 +141,16 @@ def train_and_evaluate(config, workdir):
 
   # ---- Model and optimizer state, born sharded.
   setup, state = create_train_state(config, mesh)
+  trainable = Trainable(config.model)
   logging.info("parameters:\n%s", parameter_overview.get_parameter_overview(
       state["params"], include_stats=False))
+  if trainable.adapters is not None:
+    train = trainable.of(state)
+    logging.info("LoRA rank %d on %d kernels: %d adapter params; trained base params: %s",
+                 trainable.adapters.rank, len(trainable.adapters.views),
+                 sum(x.size for x in jax.tree.leaves(train["lora"])),
+                 sorted(param_path(p) for p, _ in
+                        jax.tree_util.tree_flatten_with_path(train["params"])[0]))
 
   # ---- Resume from the latest checkpoint, or start from another run's params.
   soup_pins = [s.end for s in stages] if config.soup.kind == "stages" else ()
@@ -180,7 +188,7 @@ def train_and_evaluate(config, workdir):
   if not watch.requested:
     final = stages[-1]
     if last is None:
-      last, _ = evaluator(final.config, final.end, final.name, state["params"])
+      last, _ = evaluator(final.config, final.end, final.name, trainable.effective(state))
     if config.soup.kind != "none" and final.config.eval.tasks:
       soup_and_compare(config, stages, ckpt, state["params"], evaluator, workdir)
   writer.close()
@@ -220,7 +228,8 @@ def run_stage(run, stage, state, restore_step):
 
   # ---- This stage's step function: its loss, optimizer hyper-parameters, frozen params.
   tx = make_optimizer(config.optimizer, schedule)
-  frozen = curriculum.frozen_mask(state["params"], stage.freeze) if stage.freeze else None
+  trainable = Trainable(config.model)
+  frozen = trainable.frozen_mask(state, stage.freeze)
   train_step = make_train_step(run.setup.graphdef, tx, schedule, config, mesh,
                                run.setup.shardings, frozen)
   task_names = tuple(config.data.tasks)
@@ -288,7 +297,8 @@ def run_stage(run, stage, state, restore_step):
     evaluate_now = step == stage.end or (every and (step - stage.start) % every == 0)
     score = None
     if evaluate_now:
-      last, score = run.evaluator(config, step, stage.name, state["params"], publish=False)
+      last, score = run.evaluator(config, step, stage.name, trainable.effective(state),
+                                  publish=False)
     if evaluate_now or step % train_cfg.checkpoint_every == 0:
       check_finite({"train/nonfinite_streak": int(state["nonfinite_streak"])}, train_cfg,
                    step, ckpt)

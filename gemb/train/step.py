@@ -9,7 +9,9 @@ Guards: a step whose loss or gradient is not finite leaves params and optimizer 
 unchanged (the update is skipped, not applied with NaNs) and counts itself in the state
 (``nonfinite_steps`` in total, ``nonfinite_streak`` in a row); the loop stops the run
 when the streak reaches ``train.max_nonfinite_streak``. Frozen parameters (a stage's
-``freeze`` regex) get a zero gradient and a zero update.
+``freeze`` regex) get a zero gradient and a zero update. With LoRA the gradient is taken
+with respect to the adapters (and the base params model.lora.trainable names) only, and the
+model runs with the adapters merged into their kernels (gemb.run.state.Trainable).
 With config.loss.cache_chunk > 0 the value and gradient come from GradCache
 (gemb/train/gradcache.py): the same loss, the activations of one chunk at a time.
 """
@@ -21,6 +23,7 @@ from flax import nnx
 
 from gemb import losses
 from gemb.batch import SIDES, flatten_negatives
+from gemb.run.state import Trainable
 from gemb.train import gradcache
 from gemb.train.metrics import TrainMetrics
 
@@ -74,8 +77,9 @@ def _zero_where(mask, tree):
 def make_train_step(graphdef, tx, schedule, config, mesh, state_shardings, frozen=None):
   """-> jitted ``step(state, batch) -> (state, TrainMetrics)``.
 
-  ``frozen``: pytree of bools like params (True = not trained), or None.
+  ``frozen``: pytree of bools like ``Trainable.of(state)`` (True = not trained), or None.
   """
+  trainable = Trainable(config.model)
   dropout = config.model.dropout > 0
   base_key = jax.random.key(config.seed)
   cache_chunk = config.loss.get("cache_chunk", 0)  # 0: plain value_and_grad
@@ -85,34 +89,37 @@ def make_train_step(graphdef, tx, schedule, config, mesh, state_shardings, froze
     key = jax.random.fold_in(base_key, state["step"]) if dropout else None
     sides = in_compute_dtype({s: batch[s] for s in SIDES if s in batch}, dtype)
 
-    def model(params):
-      return nnx.merge(graphdef, in_compute_dtype(params, dtype))
+    train = trainable.of(state)  # what gets a gradient: the params, or LoRA's adapters
 
-    def loss_fn(params):
-      return batch_loss(model(params), dict(batch, **sides), config.loss, mesh, key)
+    def model(train):
+      return nnx.merge(graphdef, in_compute_dtype(
+          trainable.model_params(state["params"], train), dtype))
+
+    def loss_fn(train):
+      return batch_loss(model(train), dict(batch, **sides), config.loss, mesh, key)
 
     if cache_chunk:  # GradCache: same value and gradient, activations of one chunk
       (loss, aux), grads = gradcache.cached_value_and_grad(
-          lambda params, chunk, k: embed_batch(model(params), chunk, k),
-          lambda params, emb: embeddings_loss(model(params), emb, batch, config.loss, mesh),
-          state["params"], sides, chunk_size=cache_chunk, mesh=mesh, key=key)
+          lambda train, chunk, k: embed_batch(model(train), chunk, k),
+          lambda train, emb: embeddings_loss(model(train), emb, batch, config.loss, mesh),
+          train, sides, chunk_size=cache_chunk, mesh=mesh, key=key)
     else:
-      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(train)
     if frozen is not None:
       grads = _zero_where(frozen, grads)
     grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], train)
     if frozen is not None:  # weight decay and Adam momentum would still move them
       updates = _zero_where(frozen, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep_old = lambda new, old: jax.tree.map(  # noqa: E731
         lambda n, o: jnp.where(finite, n, o), new, old)
-    params = keep_old(optax.apply_updates(state["params"], updates), state["params"])
+    train = keep_old(optax.apply_updates(train, updates), train)
     opt_state = keep_old(opt_state, state["opt_state"])
     nonfinite = state["nonfinite_steps"] + (~finite).astype(jnp.int32)
     streak = jnp.where(finite, 0, state["nonfinite_streak"] + 1)
-    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-                 "nonfinite_steps": nonfinite, "nonfinite_streak": streak}
+    new_state = {"step": state["step"] + 1, **trainable.updated(state, train),
+                 "opt_state": opt_state, "nonfinite_steps": nonfinite, "nonfinite_streak": streak}
     step_metrics = TrainMetrics.single_from_model_output(
         loss=loss, accuracy=aux.get("accuracy", jnp.nan), grad_norm=grad_norm,
         learning_rate=schedule(state["step"]), temperature=1.0 / aux["logit_scale"],

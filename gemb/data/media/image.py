@@ -1,4 +1,4 @@
-"""Images: encoded bytes or uint8 arrays -> float32 [size, size, 3] in [-1, 1]."""
+"""Images: encoded bytes, PIL images or uint8 arrays -> float32 [size, size, 3] in [-1, 1]."""
 
 import io
 
@@ -31,44 +31,60 @@ def open_image(value):
 
 
 def image_pixels(value):
-  """Pixel count of an image value (bytes: from the header alone; arrays: H * W)."""
+  """Pixel count of an image value (bytes: from the header alone; PIL images, arrays: H * W)."""
   if isinstance(value, (bytes, bytearray, memoryview)):
     image = open_image(value)
     return image.width * image.height
+  if isinstance(value, Image.Image):
+    return value.width * value.height
   shape = np.shape(value)
   return int(shape[0]) * int(shape[1]) if len(shape) >= 2 else 0
 
 
 def to_pil(value, max_pixels=MAX_PIXELS):
-  """PNG / JPEG / ... bytes or a uint8 [H, W, 3|4] array -> RGB PIL image.
+  """PNG / JPEG / ... bytes, a PIL image or a uint8 [H, W, 3|4] array -> RGB PIL image.
 
-  Bytes of more than max_pixels pixels raise MediaError before any pixel is decoded.
+  Bytes of more than max_pixels pixels raise MediaError before any pixel is decoded. A PIL
+  image (what Hugging Face datasets decode image columns to) is treated exactly as the bytes
+  it was decoded from, so both give the same pixels.
   """
   if isinstance(value, (bytes, bytearray, memoryview)):
     image = open_image(value)
-    if not image.width or not image.height:
-      raise MediaError(f"image of {image.width}x{image.height} pixels is empty")
-    if image.width * image.height > max_pixels:
-      raise MediaError(f"image of {image.width}x{image.height} pixels exceeds {max_pixels} "
-                       "pixels")
+    _check_pixels(image, max_pixels)
     try:
       image.load()
-      if image.mode in ("RGBA", "LA", "P"):
-        # Transparent areas become white, as clip art and icons are drawn to be seen on.
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-      return image.convert("RGB")
     # Pillow's decoders raise OSError, ValueError, SyntaxError, struct.error, ... on corrupt
     # data (the fuzz test finds them): all are bad records.
     except Exception as e:  # noqa: BLE001
       raise MediaError(f"cannot decode image: {type(e).__name__}: {e}") from None
+    return _flatten(image)
+  if isinstance(value, Image.Image):
+    _check_pixels(value, max_pixels)
+    return _flatten(value)
   array = np.asarray(value)
   if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] not in (3, 4) \
       or not array.shape[0] or not array.shape[1]:
-    raise MediaError(f"expected image bytes or a non-empty uint8 [H, W, 3] array, got "
-                     f"{array.dtype} {array.shape}")
+    raise MediaError(f"expected image bytes, a PIL image or a non-empty uint8 [H, W, 3] "
+                     f"array, got {array.dtype} {array.shape}")
   return Image.fromarray(array).convert("RGB")
+
+
+def _check_pixels(image, max_pixels):
+  if not image.width or not image.height:
+    raise MediaError(f"image of {image.width}x{image.height} pixels is empty")
+  if image.width * image.height > max_pixels:
+    raise MediaError(f"image of {image.width}x{image.height} pixels exceeds {max_pixels} "
+                     "pixels")
+
+
+def _flatten(image):
+  """A decoded image -> RGB; transparent areas become white, as clip art and icons are drawn
+  to be seen on."""
+  if image.mode in ("RGBA", "LA", "P"):
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    image = Image.alpha_composite(white, rgba)
+  return image.convert("RGB")
 
 
 def resize_center_crop(image, size):
