@@ -31,6 +31,15 @@ def model_config(*, width, depth, heads, mlp_dim, embed_dim, vocab_size, text_le
       audio=dict(sample_rate=16000, num_samples=16000, encoder="patches", n_fft=400, hop=160,
                  n_mels=64, patch_time=10, patch_mel=16, whisper_checkpoint="", whisper_pool=2),
       video=dict(frames=8, size=image_size, patch=patch, tubelet_time=2),
+      # The shared transformer (gemb/model/backbone.py). family "gemb": gemb's own, trained
+      # from scratch (width ... mlp_dim above). With checkpoint = a Hugging Face model
+      # directory (config.json, *.safetensors, tokenizer.json, sentence-transformers
+      # modules): family "auto" (from its config.json) or "bert" / "gemma3"; its sizes and
+      # tokenizer replace width ... mlp_dim and the trained sentencepiece model. pooling: ""
+      # = the checkpoint's (1_Pooling) or mean | first | attention. head: "st" = the
+      # checkpoint's Dense layers (model.embed_dim must be their output size) | "gemb" = a
+      # fresh LayerNorm + linear to model.embed_dim.
+      backbone=dict(family="gemb", checkpoint="", pooling="", head="st"),
   ))
 
 

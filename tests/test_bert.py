@@ -12,36 +12,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from backbone_fixtures import TINY_BERT, hf_tensors
 from gemb import parallel
 from gemb.model.bert import BertBackbone, params_from_hf
 
-CONFIG = dict(model_type="bert", vocab_size=97, hidden_size=32, num_hidden_layers=2,
-              num_attention_heads=4, intermediate_size=64, max_position_embeddings=24,
-              type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu",
-              hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-
-
-def hf_tensors(c=CONFIG, seed=0, prefix=""):
-  """Random tensors under BertModel's safetensors names and torch Linear layouts."""
-  rng = np.random.default_rng(seed)
-  d, f = c["hidden_size"], c["intermediate_size"]
-  r = lambda *s: rng.normal(0, 0.2, s).astype(np.float32)  # noqa: E731
-  t = {"embeddings.word_embeddings.weight": r(c["vocab_size"], d),
-       "embeddings.position_embeddings.weight": r(c["max_position_embeddings"], d),
-       "embeddings.token_type_embeddings.weight": r(c["type_vocab_size"], d),
-       "embeddings.LayerNorm.weight": 1 + r(d), "embeddings.LayerNorm.bias": r(d),
-       "embeddings.position_ids": np.arange(c["max_position_embeddings"])[None]}
-  for i in range(c["num_hidden_layers"]):
-    p = f"encoder.layer.{i}."
-    for name in ("query", "key", "value"):
-      t[f"{p}attention.self.{name}.weight"], t[f"{p}attention.self.{name}.bias"] = r(d, d), r(d)
-    t |= {f"{p}attention.output.dense.weight": r(d, d), f"{p}attention.output.dense.bias": r(d),
-          f"{p}attention.output.LayerNorm.weight": 1 + r(d),
-          f"{p}attention.output.LayerNorm.bias": r(d),
-          f"{p}intermediate.dense.weight": r(f, d), f"{p}intermediate.dense.bias": r(f),
-          f"{p}output.dense.weight": r(d, f), f"{p}output.dense.bias": r(d),
-          f"{p}output.LayerNorm.weight": 1 + r(d), f"{p}output.LayerNorm.bias": r(d)}
-  return {prefix + k: v for k, v in t.items()}
+CONFIG = TINY_BERT
 
 
 def numpy_bert(t, c, ids, mask):
