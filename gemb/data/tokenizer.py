@@ -122,6 +122,10 @@ class PretrainedTokenizer:
   ``max_length`` caps every encode (the truncation stored in the file when None).
   """
 
+  # A task instruction is the prefix of the text it instructs, tokenized with it (one
+  # [CLS] ... [SEP]), as sentence-transformers applies prompts: gemb.data.examples.instructed.
+  joins_instructions = True
+
   def __init__(self, json_text: str, max_length: int | None = None, *, where="tokenizer.json"):
     import tokenizers  # only backbone runs need it
 

@@ -9,7 +9,7 @@ packing is gemb.batch.pack_side padded to the entry point's fixed slots.
 import numpy as np
 
 from gemb.batch import MODALITIES, pack_side
-from gemb.data.examples import InputShapes, decode_segment
+from gemb.data.examples import InputShapes, decode_segment, instructed
 from gemb.data.media import MediaError
 from gemb.serving import inputs
 from gemb.serving.bundle import INTERLEAVED, SINGLE_ENTRY_POINTS
@@ -35,7 +35,8 @@ class Preprocessor:
     if not isinstance(task, str) or task not in self.tasks:
       raise inputs.InputError(f"unknown task {task!r}; known: {sorted(self.tasks)}")
     text = self.tasks[task]["instruction"]
-    if not (self.use_instructions and text):
+    # A pretrained backbone's own prompts apply whatever the run's data.instructions.
+    if not ((self.use_instructions or self.tasks[task].get("prompt")) and text):
       return None
     if task not in self._instruction_ids:
       self._instruction_ids[task] = self.tokenizer.encode([text], self.shapes.text_len)[0]
@@ -44,8 +45,16 @@ class Preprocessor:
   def __call__(self, item, task=None, where="input"):
     """-> (entry point, side); raises InputError naming ``where`` and the bad field."""
     instruction = self.instruction(task)
+    segments = inputs.segments(item, where)
+    text = self.tasks[task]["instruction"] if instruction is not None else None
+    try:
+      instruction, joined = instructed([(m, v) for m, v, _ in segments], text, instruction,
+                                       self.tokenizer)
+    except MediaError as e:
+      raise inputs.InputError(f"{where}: {e}") from e
+    segments = [(m, v, rate) for (m, v), (_, _, rate) in zip(joined, segments)]
     decoded = [] if instruction is None else [("text", instruction)]
-    for i, (modality, value, rate) in enumerate(inputs.segments(item, where)):
+    for i, (modality, value, rate) in enumerate(segments):
       field = f"{where}[{i}].{modality}" if isinstance(item, (list, tuple)) else \
           f"{where}.{modality}"
       try:
