@@ -168,3 +168,12 @@ def test_sharded_equals_single_device(devices):
         return m(m.embed_ids(ids), mask, pos)
       out = jax.jit(forward)(sharded, *parallel.host_to_global((ids, mask, pos), mesh))
     np.testing.assert_allclose(np.asarray(out), single, atol=2e-5, rtol=1e-5)
+
+
+def test_params_to_hf_inverts_params_from_hf():
+  from gemb.model.bert import params_to_hf
+  t = hf_tensors()
+  back = params_to_hf(params_from_hf(t, CONFIG), CONFIG)
+  assert set(back) == set(t) - {"embeddings.position_ids"}
+  for name, value in back.items():
+    np.testing.assert_array_equal(value, t[name], err_msg=name)

@@ -292,3 +292,34 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], hf_config: dict) -> dict:
                      "bias": get("embeddings.LayerNorm.bias")},
       "layers": stacked,
   }
+
+
+def params_to_hf(params, hf_config) -> dict:
+  """The inverse of ``params_from_hf``: this module's pure dict -> BertModel tensors under
+  their safetensors names (float32 numpy), for exporting a trained model back to the
+  Hugging Face layout."""
+  c = dict(hf_config)
+  _check_config(c)
+  layout, (d, h, hd, f, n) = _hf_layout(c)
+  g = lambda x: np.asarray(x, np.float32)  # noqa: E731
+  layers = params["layers"]
+  out = {}
+  for name, (_, path) in layout.items():
+    if path[0] == "qkv":
+      value = g(layers["qkv"][path[1]])[:, :, path[2]].reshape(d, d).T
+    elif path[0] == "qkv_bias":
+      value = g(layers["qkv_bias"][path[1]])[:, path[2]].reshape(d)
+    elif path[0] == "out":
+      value = g(layers["out"][path[1]]).reshape(d, d).T
+    elif path[0] in ("up", "down"):
+      value = g(layers[path[0]][path[1]]).T
+    elif path[0] in ("attn_norm", "mlp_norm"):
+      value = g(layers[path[0]][path[1]][path[2]])
+    elif len(path) == 2 and isinstance(path[1], int):
+      value = g(layers[path[0]][path[1]])
+    elif path[0] == "embed_norm":
+      value = g(params["embed_norm"][path[1]])
+    else:
+      value = g(params[path[0]])
+    out[name] = np.ascontiguousarray(value)
+  return out
