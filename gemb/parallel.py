@@ -23,6 +23,7 @@ LOGICAL_RULES = (
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),  # grouped-query attention's key/value heads (Gemma 3)
     ("qkv", None),
     ("head_dim", None),
     ("vocab", "tensor"),
