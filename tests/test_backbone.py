@@ -234,3 +234,62 @@ def test_minilm_embeddings_equal_sentence_transformers(minilm):
   cos = np.sum(got * want, -1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
   assert cos.min() >= 0.9999, cos.min()
   assert np.abs(got - want).max() <= 1e-4
+
+
+# ---- EmbeddingGemma-300M through the whole multimodal model.
+
+GEMMA_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "backbones",
+                             "embeddinggemma-300m.npz")
+
+
+def gemma_dir():
+  from gemb.pretrained.fetch import default_dir
+  path = os.environ.get("GEMB_GEMMA_DIR") or default_dir("embeddinggemma-300m")
+  if not os.path.exists(os.path.join(path, "model.safetensors")):
+    pytest.fail(f"EmbeddingGemma-300M not in {path}: python -m gemb.pretrained fetch "
+                "embeddinggemma-300m (.ci/run does)")
+  return path
+
+
+def test_embeddinggemma_tokenizer_and_prompts_equal_the_reference():
+  """tokenizer.json through gemb's tokenizer gives the reference's ids, also when a prompt
+  is joined to its text as gemb joins task instructions."""
+  from gemb.data.examples import instructed
+  ck = backbone.read_checkpoint(gemma_dir())
+  tok = backbone.text_tokenizer(ck)
+  with np.load(GEMMA_FIXTURE) as z:
+    texts, ref = [str(t) for t in z["texts"]], np.where(z["attention_mask"], z["input_ids"], 0)
+  np.testing.assert_array_equal(tok.encode(texts, ref.shape[1]), ref)
+  prompt = ck.prompts["query"]
+  prompted = [i for i, t in enumerate(texts) if t.startswith(prompt) and len(t) > len(prompt)]
+  assert prompted
+  for i in prompted:
+    slot, ((_, joined),) = instructed([("text", texts[i][len(prompt):])], prompt,
+                                      tok.encode([prompt], 8)[0], tok)
+    assert not slot.any()
+    np.testing.assert_array_equal(tok.encode([joined], ref.shape[1])[0], ref[i])
+
+
+@pytest.mark.slow  # ~3 min; tests/test_gemma3.py checks the backbone's parity by default
+def test_embeddinggemma_through_the_multimodal_model_equals_sentence_transformers():
+  path = gemma_dir()
+  ck = backbone.read_checkpoint(path)
+  with np.load(GEMMA_FIXTURE) as z:
+    ids, mask, want = z["input_ids"], z["attention_mask"].astype(bool), z["embedding"]
+  cfg = backbone_config(path, embed_dim=768, text_len=ck.max_seq_length)
+  cfg.scan_layers = True  # 24 layers: one compiled layer per bucket
+  model = loaded_model(cfg)
+  forward = jax.jit(lambda s: model(s))
+  got = np.zeros(want.shape, np.float32)
+  lengths = mask.sum(1)
+  for lo, hi in ((0, 64), (64, 512), (512, 2048)):  # padded lengths: few compilations
+    rows = np.nonzero((lengths > lo) & (lengths <= hi))[0]
+    for start in range(0, len(rows), 8):
+      r = rows[start:start + 8]
+      batch = np.zeros((8, hi), np.int32)
+      width = min(hi, ids.shape[1])
+      batch[:len(r), :width] = np.where(mask[r, :width], ids[r, :width], 0)
+      got[r] = np.asarray(matryoshka(forward(text_side(batch)), 768))[:len(r)]
+  cos = np.sum(got * want, -1) / np.linalg.norm(want, axis=-1)
+  assert cos.min() >= 0.9999 and np.abs(got - want).max() <= 1e-4, (cos.min(),
+                                                                    np.abs(got - want).max())

@@ -166,7 +166,9 @@ class PretrainedTokenizer:
 
   @property
   def vocab_size(self) -> int:
-    return self._tok.get_vocab_size()
+    """Pieces of the model, without the added tokens (Gemma's tokenizer.json adds one past
+    the embedding table: an image placeholder that text never yields)."""
+    return self._tok.get_vocab_size(with_added_tokens=False)
 
   @property
   def file_bytes(self) -> bytes:
