@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from gemb.train import curriculum
+from gemb.run import curriculum
 
 
 def model_config(*, width, depth, heads, mlp_dim, embed_dim, vocab_size, text_len, image_size,
@@ -63,7 +63,7 @@ def distributed_config(*, heartbeat_timeout_s=100, shutdown_timeout_s=300,
 
 
 def stage(name, steps, *, freeze="", **sections):
-  """One curriculum stage (gemb/train/curriculum.py): ``data`` / ``loss`` / ``optimizer`` /
+  """One curriculum stage (gemb/run/curriculum.py): ``data`` / ``loss`` / ``optimizer`` /
   ``eval`` dicts override the config's top-level sections for this stage only.
 
   Every section is present, empty when the stage keeps the top level's, so that the

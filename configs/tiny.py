@@ -59,7 +59,7 @@ def get_config(arg=None):
                 tasks=("emoji_image_to_name", "emoji_name_to_image"))
 
   # The curriculum: each stage overrides the sections above for itself (data, loss,
-  # optimizer, eval) and may freeze parameters by regex (gemb/train/curriculum.py).
+  # optimizer, eval) and may freeze parameters by regex (gemb/run/curriculum.py).
   c.stages = [
       stage("align", 200),
       stage("finetune", 100,

@@ -52,7 +52,7 @@ from gemb import parallel
 from gemb.batch import IMAGE, TEXT
 from gemb.eval.tasks import make_embed_fn
 from gemb.model import backbone
-from gemb.train.state import create_train_state
+from gemb.run.state import create_train_state
 from gemb.train.step import make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)

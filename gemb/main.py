@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from ml_collections.config_flags import config_path
 
-from gemb.train.curriculum import SECTIONS
+from gemb.run.curriculum import SECTIONS
 
 # New keys are accepted only inside a stage's sections: --config.stages[1].loss.kind=sigmoid
 # sets loss.kind for that stage alone (curriculum checks such a key and its type against

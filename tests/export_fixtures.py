@@ -91,8 +91,8 @@ def make_workdir(path):
 
   from gemb.data.tokenizer import Tokenizer
   from gemb.model.embedder_model import MultimodalEmbedder
-  from gemb.train.checkpoint import Checkpointer
-  from gemb.train.optimizer import make_optimizer
+  from gemb.run.checkpoint import Checkpointer
+  from gemb.run.optimizer import make_optimizer
 
   config = small_config()
   os.makedirs(path, exist_ok=True)

@@ -4,9 +4,9 @@ import jax
 import numpy as np
 
 from gemb import parallel
-from gemb.train.curriculum import param_path
-from gemb.train.soup import load_pretrained_params
-from gemb.train.state import create_train_state
+from gemb.run.curriculum import param_path
+from gemb.run.init_params import load_pretrained_params
+from gemb.run.state import create_train_state
 
 
 def check_pretrained_params_land(config, prefix, pretrained):

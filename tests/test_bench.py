@@ -5,7 +5,7 @@ import pytest
 
 from configs import bench as bench_config
 from gemb import bench, parallel
-from gemb.train.state import create_train_state
+from gemb.run.state import create_train_state
 from gemb.train.step import make_train_step
 
 

@@ -9,9 +9,9 @@ import pytest
 from configs import tiny
 from configs.common import model_config
 from gemb import parallel
-from gemb.train.checkpoint import Checkpointer
-from gemb.train.soup import load_init_params
-from gemb.train.state import create_train_state
+from gemb.run.checkpoint import Checkpointer
+from gemb.run.init_params import load_init_params
+from gemb.run.state import create_train_state
 
 
 def small_config(seed=0):

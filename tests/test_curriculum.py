@@ -7,7 +7,8 @@ import pytest
 
 from configs import default, tiny
 from configs.common import stage
-from gemb.train import config_check, curriculum, loop
+from gemb.run import curriculum
+from gemb.train import config_check, loop
 
 
 def two_stage_config():

@@ -14,7 +14,7 @@ import export_fixtures as fx
 from export_fixtures import bundle_dir, run_dir  # noqa: F401 (pytest fixtures)
 from configs import default
 from gemb.data import sources
-from gemb.train import soup
+from gemb.run import soup
 from gemb.export import writer
 from gemb.export.__main__ import parse_slots, restore_target, run
 from gemb.serving import bundle
@@ -48,8 +48,8 @@ def test_uniform_soup_equals_numpy_mean():
 
 
 def test_soup_of_checkpoints_equals_mean_of_saved_params(run_dir):
-  from gemb.eval.__main__ import load_config
-  from gemb.train.checkpoint import Checkpointer
+  from gemb.run.workdir import load_config
+  from gemb.run.checkpoint import Checkpointer
   workdir, saved = run_dir
   ckpt = Checkpointer(workdir, async_save=False)
   try:

@@ -17,7 +17,7 @@ from gemb import parallel
 from gemb.batch import IMAGE, SIDES, TEXT
 from gemb.model.embedder_model import MultimodalEmbedder
 from gemb.train import gradcache
-from gemb.train.state import create_train_state
+from gemb.run.state import create_train_state
 from gemb.train.step import batch_loss, embed_batch, embeddings_loss, make_train_step
 
 B, K = 32, 2

@@ -104,7 +104,7 @@ def test_any_stage_key_can_be_overridden_from_the_command_line():
   """--config.stages[i].<section>.<key> sets a key for one stage, also one the stage's dict
   does not name (it inherits the top level's); the other stage keeps its own value."""
   code = ("import sys; from absl import flags; from gemb import main; "
-          "from gemb.train import curriculum; flags.FLAGS(sys.argv); "
+          "from gemb.run import curriculum; flags.FLAGS(sys.argv); "
           "main.check_overrides(flags.FLAGS['config']); "
           "print([(s.config.loss.kind, s.config.data.batch_size) "
           "for s in curriculum.resolve_stages(flags.FLAGS.config)])")

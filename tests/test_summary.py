@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from gemb.train import summary
+from gemb.run import summary
 
 
 def read(logdir):
@@ -78,7 +78,7 @@ def test_does_not_import_tensorflow_even_if_installed(tmp_path):
   fake.mkdir(parents=True)
   (fake / "__init__.py").write_text("raise RuntimeError('tensorflow was imported')\n")
   script = textwrap.dedent(f"""
-      from gemb.train import summary
+      from gemb.run import summary
       with summary.SummaryWriter({str(tmp_path / 'tb')!r}) as w:
         w.scalars(1, {{"x": 1.0}})
         w.text(1, "t", "hi")

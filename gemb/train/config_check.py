@@ -4,7 +4,7 @@ the key, instead of after the tokenizer was trained or hours into a run.
 Unknown keys and wrong types given on the command line are already refused by
 ml-collections (locked config, typed fields); this covers what it cannot see: values out of
 their allowed set, a missing pretrained checkpoint, stage overrides
-(gemb/train/curriculum.py), task names, Matryoshka dims that the model cannot produce, and
+(gemb/run/curriculum.py), task names, Matryoshka dims that the model cannot produce, and
 batches that the mesh cannot split.
 """
 
@@ -13,7 +13,7 @@ import os
 from gemb.data.pipeline import check_trainable, get_tasks
 from gemb.eval.tasks import check_batch_size
 from gemb.model import efficientnet, whisper
-from gemb.train import curriculum
+from gemb.run import curriculum
 
 CHOICES = {
     ("data", "mixing"): ("task", "example"),

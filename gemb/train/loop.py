@@ -20,15 +20,17 @@ from gemb.data.pipeline import tokenizer_corpus, train_dataset
 from gemb.data.tokenizer import Tokenizer
 from gemb.eval import report
 from gemb.eval.tasks import evaluate_dims, load_tasks
-from gemb.train import config_check, curriculum
-from gemb.train.checkpoint import Checkpointer
+from gemb.run import curriculum
+from gemb.run.checkpoint import Checkpointer
+from gemb.run.init_params import load_init_params, load_pretrained_params
+from gemb.run.optimizer import make_optimizer
+from gemb.run.state import create_train_state
+from gemb.run.summary import SummaryWriter
+from gemb.train import config_check
 from gemb.train.metrics import Window
-from gemb.train.optimizer import make_optimizer
 from gemb.train.preemption import PreemptionWatch
-from gemb.train.soup import load_init_params, load_pretrained_params, soup_and_compare
-from gemb.train.state import create_train_state
+from gemb.train.soup import soup_and_compare
 from gemb.train.step import make_train_step
-from gemb.train.summary import SummaryWriter
 
 
 class NonFiniteError(RuntimeError):

@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from gemb import paths
-from gemb.train.state import abstract_state
+from gemb.run.state import abstract_state
 
 BEST_METRIC = "score"  # key of the metrics dict given to save()
 

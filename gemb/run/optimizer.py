@@ -23,7 +23,7 @@ def decay_mask(params):
 
 def make_optimizer(cfg, schedule):
   """AdamW + clipping with ``cfg``'s hyper-parameters and a learning rate ``schedule(step)``
-  (gemb.train.curriculum.learning_rate: one schedule over all stages)."""
+  (gemb.run.curriculum.learning_rate: one schedule over all stages)."""
   return optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip_norm) if cfg.grad_clip_norm else optax.identity(),
       optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,

@@ -32,7 +32,7 @@ import jax
 import ml_collections
 import optax
 
-from gemb.train.optimizer import learning_rate_schedule
+from gemb.run.optimizer import learning_rate_schedule
 
 SECTIONS = ("data", "loss", "optimizer", "eval")
 STAGE_KEYS = ("name", "steps", "freeze") + SECTIONS

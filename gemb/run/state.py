@@ -11,8 +11,8 @@ from flax import nnx
 
 from gemb import parallel
 from gemb.model.embedder_model import MultimodalEmbedder
-from gemb.train import curriculum
-from gemb.train.optimizer import make_optimizer
+from gemb.run import curriculum
+from gemb.run.optimizer import make_optimizer
 
 
 def _path_keys(path):
