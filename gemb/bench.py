@@ -78,7 +78,7 @@ def shared_sizes(config):
   gemb's own, or a pretrained backbone's from its config.json (the formula counts a plain
   MLP: Gemma's gated one does 1.5x that)."""
   m = config.model
-  checkpoint = backbone.resolve(m.backbone) if "backbone" in m else None
+  checkpoint = backbone.resolve(m)
   if checkpoint is None:
     return m, 2 * m.width * m.embed_dim
   c = checkpoint.hf_config

@@ -22,7 +22,7 @@ from gemb.batch import IMAGE, TEXT
 from gemb.data.tokenizer import PretrainedTokenizer
 from gemb.model import backbone
 from gemb.model.embedder_model import MultimodalEmbedder, matryoshka
-from gemb.train.curriculum import param_path
+from gemb.run.curriculum import param_path
 
 
 def backbone_config(path, *, embed_dim, text_len, modalities=("text", "image"), **backbone_cfg):

@@ -7,7 +7,8 @@
 Restores the params of DIR/checkpoints/<N> (latest by default), or the uniform average of
 several checkpoints (--soup: every kept one; --soup_steps: those listed), onto the devices
 of this machine, and writes OUT (gemb/serving/bundle.py describes its files). The run's
-config.json and tokenizer.model come from DIR.
+config.json and the tokenizer (tokenizer.model, or tokenizer.json for a pretrained backbone)
+come from DIR.
 """
 
 import os

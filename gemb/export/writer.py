@@ -105,7 +105,7 @@ def task_instructions(config):
                     "candidate": (["text"] if isinstance(t, ClassificationSpec)
                                   else [s.modality for s in t.candidate])}
            for t in get_tasks(config, names)}
-  checkpoint = backbone.resolve(config.model.backbone) if "backbone" in config.model else None
+  checkpoint = backbone.resolve(config.model)
   for name, prompt in (checkpoint.prompts if checkpoint else {}).items():
     if name in tasks:
       raise ValueError(f"the run's task {name!r} has the name of a prompt of "

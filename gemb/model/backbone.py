@@ -252,9 +252,12 @@ def backbone_params(checkpoint):
     raise CheckpointError(f"{checkpoint.path}: {e}") from e
 
 
-def resolve(backbone_cfg):
-  """model.backbone -> the Checkpoint it names, or None for gemb's own transformer."""
-  family, path = backbone_cfg.family, backbone_cfg.checkpoint
+def resolve(model_cfg):
+  """config.model -> the Checkpoint its ``backbone`` names, or None for gemb's own
+  transformer (also for the configs of runs written before model.backbone existed)."""
+  if "backbone" not in model_cfg:
+    return None
+  family, path = model_cfg.backbone.family, model_cfg.backbone.checkpoint
   if family not in FAMILIES:
     raise ValueError(f"model.backbone.family={family!r}; choose one of {FAMILIES}")
   if family == "gemb":
@@ -278,8 +281,8 @@ def pretrained_params(model_cfg):
   """{'path/of/param': float32 numpy} of the backbone that ``model_cfg`` names (its
   transformer under "encoder", its sentence-transformers Dense layers under "dense" when
   model.backbone.head="st"); {} for gemb's own transformer. Paths are the model's
-  (gemb.train.curriculum.param_path of MultimodalEmbedder's parameters)."""
-  checkpoint = resolve(model_cfg.backbone) if "backbone" in model_cfg else None
+  (gemb.run.curriculum.param_path of MultimodalEmbedder's parameters)."""
+  checkpoint = resolve(model_cfg)
   if checkpoint is None:
     return {}
   tree = {"encoder": backbone_params(checkpoint)}

@@ -72,8 +72,7 @@ class MultimodalEmbedder(nnx.Module):
     for name in cfg.modalities:
       if name not in MODALITIES:
         raise ValueError(f"model.modalities: unknown modality {name!r}; known: {MODALITIES}")
-    # Runs written before model.backbone existed have no such key: gemb's own transformer.
-    checkpoint = backbone.resolve(cfg.backbone) if "backbone" in cfg else None
+    checkpoint = backbone.resolve(cfg)
     self.pretrained = checkpoint is not None
     pooling = cfg.pooling
     if self.pretrained:

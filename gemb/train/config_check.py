@@ -3,7 +3,7 @@ the key, instead of after the tokenizer was trained or hours into a run.
 
 Unknown keys and wrong types given on the command line are already refused by
 ml-collections (locked config, typed fields); this covers what it cannot see: values out of
-their allowed set, a missing pretrained checkpoint, stage overrides
+their allowed set, a missing or unusable pretrained checkpoint (towers, backbones), stage overrides
 (gemb/run/curriculum.py), task names, Matryoshka dims that the model cannot produce, and
 batches that the mesh cannot split.
 """
@@ -12,7 +12,7 @@ import os
 
 from gemb.data.pipeline import check_trainable, get_tasks
 from gemb.eval.tasks import check_batch_size
-from gemb.model import efficientnet, whisper
+from gemb.model import backbone, efficientnet, whisper
 from gemb.run import curriculum
 
 CHOICES = {
@@ -102,6 +102,18 @@ def validate(config):
     if not os.path.isfile(path):
       raise _fail("", "model.image.efficientnet_checkpoint",
                   f"no EfficientNet-Lite0 state dict at {path}")
+  try:  # a pretrained backbone's directory, family and head, before any work
+    checkpoint = backbone.resolve(config.model)
+  except ValueError as e:
+    raise _fail("", "model.backbone", str(e)) from None
+  if checkpoint is not None:
+    if config.model.backbone.head not in ("st", "gemb"):
+      raise _fail("", "model.backbone.head", f"{config.model.backbone.head!r} is not one of "
+                  "('st', 'gemb')")
+    if config.model.backbone.head == "st" and config.model.embed_dim != checkpoint.output_dim:
+      raise _fail("", "model.embed_dim", f"{config.model.embed_dim}, but the sentence-"
+                  f"transformers head of {checkpoint.path} outputs {checkpoint.output_dim} dims "
+                  "(set it to that, or model.backbone.head='gemb')")
   soup = config.soup
   if soup.kind == "last" and not 0 < soup.num <= config.train.keep_checkpoints:
     raise _fail("", "soup.num", f"{soup.num} must be in [1, train.keep_checkpoints="
