@@ -24,7 +24,7 @@ def model_config(*, width, depth, heads, mlp_dim, embed_dim, vocab_size, text_le
       remat_policy="",        # a jax.checkpoint_policies name, e.g. "nothing_saveable"; "" = off
       pooling="mean",         # mean | first | attention
       embed_dim=embed_dim,    # largest Matryoshka output size
-      max_positions=512,      # interleaved sequence length limit
+      max_positions=512,      # interleaved sequence length limit (a backbone has its own)
       init_temperature=0.07, init_bias=-10.0,
       text=dict(vocab_size=vocab_size, max_len=text_len),
       # encoder: "patches" (linear size/patch x size/patch patches) or "efficientnet_lite0"
@@ -42,6 +42,15 @@ def model_config(*, width, depth, heads, mlp_dim, embed_dim, vocab_size, text_le
       # targets (default: the attention and MLP projections of the shared transformer or
       # backbone); with it on, the base params are frozen except those matching trainable.
       lora=dict(rank=0, alpha=16.0, targets=lora.DEFAULT_TARGETS, trainable=""),
+      # The shared transformer (gemb/model/backbone.py). family "gemb": gemb's own, trained
+      # from scratch (width ... mlp_dim above). With checkpoint = a Hugging Face model
+      # directory (config.json, *.safetensors, tokenizer.json, sentence-transformers
+      # modules): family "auto" (from its config.json) or "bert" / "gemma3"; its sizes and
+      # tokenizer replace width ... mlp_dim and the trained sentencepiece model. pooling: ""
+      # = the checkpoint's (1_Pooling) or mean | first | attention. head: "st" = the
+      # checkpoint's Dense layers (model.embed_dim must be their output size) | "gemb" = a
+      # fresh LayerNorm + linear to model.embed_dim.
+      backbone=dict(family="gemb", checkpoint="", pooling="", head="st"),
   ))
 
 

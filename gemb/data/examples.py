@@ -127,6 +127,34 @@ def read_record(task, split, source, index):
                     kind_of(e)) from e
 
 
+def join_instruction(instruction, value):
+  """A text segment with the task instruction in front, as one string: how
+  sentence-transformers applies a pretrained model's prompts (prompt + text, tokenized
+  together), and so how a backbone's tokenizer (``joins_instructions``) gets them."""
+  if isinstance(value, bytes):
+    try:
+      value = value.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise MediaError(f"text is not UTF-8: {e}") from e
+  return instruction + value if isinstance(value, str) else value
+
+
+def instructed(segments, instruction, instruction_ids, tokenizer):
+  """[(modality, raw value)] of a side -> (instruction slot ids, segments to decode).
+
+  The instruction is a leading text segment of its own, except for a tokenizer that
+  ``joins_instructions`` when the side starts with text: that text then carries the
+  instruction and the instruction slot stays (the side's slots do not depend on its
+  content) with no token in it.
+  """
+  if instruction_ids is None:
+    return None, segments
+  if getattr(tokenizer, "joins_instructions", False) and segments and segments[0][0] == "text":
+    first = (segments[0][0], join_instruction(instruction, segments[0][1]))
+    return np.full_like(instruction_ids, PAD_ID), [first] + list(segments[1:])
+  return instruction_ids, segments
+
+
 def side_slots(segments, with_instruction):
   """Slots per modality of one side: its segments (+1 text for an instruction)."""
   slots = {m: sum(s.modality == m for s in segments) for m in MODALITIES}
@@ -145,8 +173,9 @@ class ExampleLoader:
     self.tokenizer, self.shapes, self.split = tokenizer, shapes, split
     self.num_negatives = num_negatives if task.negatives else 0
     self.skip, self.task_index = on_bad_record == "skip", task_index
+    self.instruction = task.instruction if task.instruction and instructions else None
     self.instruction_ids = (tokenizer.encode([task.instruction], shapes.text_len)[0]
-                            if task.instruction and instructions else None)
+                            if self.instruction else None)
     # Skip mode, per process: record index -> kind of the records found bad (a bad record
     # met again, e.g. in the next epoch, is counted without being read again), and the
     # first message of each kind (logged once, and quoted if every record is bad).
@@ -205,10 +234,14 @@ class ExampleLoader:
 
   def side(self, record, index, segments, instruction_ids):
     """Packs the segments of one side (after the instruction, if any) into slot arrays."""
+    raw = [(seg.modality, self.field(record, index, seg.field)) for seg in segments]
+    try:
+      instruction_ids, raw = instructed(raw, self.instruction, instruction_ids, self.tokenizer)
+    except MediaError as e:
+      raise BadRecord(f"{self._where(index)}, field {segments[0].field!r} (text): {e}") from e
     decoded = [] if instruction_ids is None else [("text", instruction_ids)]
-    for seg in segments:
-      value = self.field(record, index, seg.field)
-      decoded.append((seg.modality, self.decode(seg.modality, value, index, seg.field)))
+    for seg, (modality, value) in zip(segments, raw):
+      decoded.append((modality, self.decode(modality, value, index, seg.field)))
     return pack_side(decoded)
 
   def negatives(self, record, index):

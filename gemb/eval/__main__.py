@@ -70,7 +70,7 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
   if step not in available:
     raise app.UsageError(f"--step={step}: no such checkpoint; available steps: {available}")
 
-  from gemb.data.tokenizer import Tokenizer
+  from gemb.data import tokenizer as tokenizers
   from gemb.eval import report
   from gemb.eval.plot import plot_by_dim
   from gemb.eval.tasks import evaluate_dims, load_tasks
@@ -90,7 +90,7 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
   finally:
     ckpt.close()
 
-  corpora = load_tasks(config, Tokenizer.load(tokenizer), names)
+  corpora = load_tasks(config, tokenizers.load(tokenizer), names)
   trained = evaluate_dims(graphdef, params, mesh, corpora, dims, batch_size)
   random_init = evaluate_dims(graphdef, init_state["params"], mesh, corpora, dims, batch_size)
 

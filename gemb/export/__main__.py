@@ -3,16 +3,22 @@
   python -m gemb.export --workdir=DIR --out=OUT [--step=N | --soup | --soup_steps=a,b,c]
       [--dtype=float32|bfloat16] [--slots=text=4,image=2,audio=2,video=1]
       [--platforms=cpu[,cuda,tpu]] [--saved_model=auto|yes|no]
+      [--format=gemb|sentence-transformers]
 
 Restores the params of DIR/checkpoints/<N> (latest by default), or the uniform average of
 several checkpoints (--soup: every kept one; --soup_steps: those listed), onto the devices
 of this machine, and writes OUT (gemb/serving/bundle.py describes its files). The run's
-config.json and tokenizer.model come from DIR.
+config.json and the tokenizer (tokenizer.model, or tokenizer.json for a pretrained backbone)
+come from DIR. --format=sentence-transformers writes, for a run on a pretrained text
+backbone, a directory that stock sentence-transformers loads instead (text only; see
+gemb/export/sentence_transformers.py).
 """
 
 import os
 
 from absl import app, flags, logging
+
+FORMATS = ("gemb", "sentence-transformers")
 
 
 def restore_target(config):
@@ -73,11 +79,14 @@ def parse_slots(values):
 
 
 def run(workdir, out, *, step=None, soup=False, soup_steps=None, dtype="float32", slots=None,
-        platforms=("cpu",), saved_model="auto"):
-  """Exports ``workdir`` to bundle ``out``; returns the manifest."""
+        platforms=("cpu",), saved_model="auto", format="gemb"):  # noqa: A002 (the flag's name)
+  """Exports ``workdir`` to bundle ``out``; returns the manifest (for the
+  sentence-transformers format: {"format", "source", "files"})."""
   from gemb.export.writer import write_bundle
   from gemb.run.workdir import load_config, tokenizer_path
 
+  if format not in FORMATS:
+    raise app.UsageError(f"--format={format!r}; choose one of {FORMATS}")
   workdir = os.path.abspath(workdir)
   config = load_config(workdir)
   tokenizer = tokenizer_path(workdir)
@@ -86,6 +95,14 @@ def run(workdir, out, *, step=None, soup=False, soup_steps=None, dtype="float32"
   steps = select_steps(workdir, step, soup, soup_steps)
   params = restore_params(workdir, config, steps)
   source = {"workdir": workdir, "steps": steps, "soup": len(steps) > 1}
+  if format == "sentence-transformers":
+    from gemb.export.sentence_transformers import write_sentence_transformers
+    try:
+      files = write_sentence_transformers(out, config, params)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
+    logging.info("exported %s for sentence-transformers (step(s) %s): %s", out, steps, files)
+    return {"format": format, "source": source, "files": files}
   manifest = write_bundle(out, config, params, tokenizer, source=source, dtype=dtype,
                           interleaved_slots=slots, platforms=tuple(platforms),
                           saved_model=saved_model)
@@ -101,7 +118,8 @@ def main(argv):
   f = flags.FLAGS
   logging.set_verbosity(logging.INFO)
   run(f.workdir, f.out, step=f.step, soup=f.soup, soup_steps=f.soup_steps, dtype=f.dtype,
-      slots=parse_slots(f.slots), platforms=f.platforms, saved_model=f.saved_model)
+      slots=parse_slots(f.slots), platforms=f.platforms, saved_model=f.saved_model,
+      format=f.format)
 
 
 if __name__ == "__main__":
@@ -116,5 +134,8 @@ if __name__ == "__main__":
   flags.DEFINE_list("platforms", ["cpu"], "jax.export platforms (cpu, cuda, tpu).")
   flags.DEFINE_enum("saved_model", "auto", ["auto", "yes", "no"],
                     "Also write a TensorFlow SavedModel (auto: when tensorflow is installed).")
+  flags.DEFINE_enum("format", "gemb", FORMATS, "gemb: a serving bundle (every modality); "
+                    "sentence-transformers: a directory SentenceTransformer(OUT) loads (text "
+                    "only, runs on a pretrained backbone).")
   flags.mark_flags_as_required(["workdir", "out"])
   app.run(main)

@@ -25,9 +25,11 @@ from flax import nnx
 
 import gemb
 from gemb.batch import MODALITIES, PAD_ID
+from gemb.data.tokenizer import PRETRAINED_FILE, SENTENCEPIECE_FILE
 from gemb.data.examples import InputShapes
 from gemb.data.pipeline import get_tasks
 from gemb.data.tasks import ClassificationSpec
+from gemb.model import backbone
 from gemb.model.embedder_model import MultimodalEmbedder
 from gemb.serving import bundle
 from gemb.trees import param_path
@@ -93,23 +95,36 @@ def export_entry_points(model_config, leaves, treedef, slots_by_entry, shapes, p
 
 
 def task_instructions(config):
-  """The run's tasks (trained and evaluated): instruction and segment modalities."""
+  """The run's tasks (trained and evaluated): instruction and segment modalities; with a
+  pretrained backbone also the checkpoint's own prompts (config_sentence_transformers.json)
+  as tasks of their name, marked "prompt" (applied whatever data.instructions says)."""
   names = dict.fromkeys(tuple(config.data.tasks) + tuple(config.eval.tasks))
-  return {t.name: {"instruction": t.instruction, "description": t.description,
-                   "query": [s.modality for s in t.query],
-                   # A zero-shot classification task's candidates are its text class prompts.
-                   "candidate": (["text"] if isinstance(t, ClassificationSpec)
-                                 else [s.modality for s in t.candidate])}
-          for t in get_tasks(config, names)}
+  tasks = {t.name: {"instruction": t.instruction, "description": t.description,
+                    "query": [s.modality for s in t.query],
+                    # A zero-shot classification task's candidates are its text class prompts.
+                    "candidate": (["text"] if isinstance(t, ClassificationSpec)
+                                  else [s.modality for s in t.candidate])}
+           for t in get_tasks(config, names)}
+  checkpoint = backbone.resolve(config.model)
+  for name, prompt in (checkpoint.prompts if checkpoint else {}).items():
+    if name in tasks:
+      raise ValueError(f"the run's task {name!r} has the name of a prompt of "
+                       f"{checkpoint.path}; rename the task")
+    tasks[name] = {"instruction": prompt, "prompt": True, "query": ["text"],
+                   "candidate": ["text"],
+                   "description": f"prompt {name!r} of the pretrained {checkpoint.family} model"}
+  return tasks
 
 
 def _versions():
   import flax
   import jaxlib
   import sentencepiece
+  import tokenizers
   return {"gemb": gemb.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
           "flax": flax.__version__, "numpy": np.__version__,
-          "sentencepiece": sentencepiece.__version__, "python": platform.python_version()}
+          "sentencepiece": sentencepiece.__version__, "tokenizers": tokenizers.__version__,
+          "python": platform.python_version()}
 
 
 def write_bundle(out, config, params, tokenizer_path, *, source, dtype="float32",
@@ -141,14 +156,17 @@ def write_bundle(out, config, params, tokenizer_path, *, source, dtype="float32"
   tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=os.path.dirname(out))
   try:
     bundle.save_params(tmp, names, leaves)
-    shutil.copyfile(tokenizer_path, os.path.join(tmp, bundle.TOKENIZER))
+    # tokenizer.model (trained by the run) or tokenizer.json (a pretrained backbone's).
+    tokenizer_file = PRETRAINED_FILE if tokenizer_path.endswith(".json") else SENTENCEPIECE_FILE
+    shutil.copyfile(tokenizer_path, os.path.join(tmp, tokenizer_file))
     with open(os.path.join(tmp, bundle.CONFIG), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
     bundle.write_json(os.path.join(tmp, bundle.PREPROCESS), {
         "shapes": dataclasses.asdict(shapes), "pad_id": PAD_ID,
         # A run trained without instructions (data.instructions=False) must be served
         # without them too: the templates are kept for reference only.
-        "instructions": bool(config.data.instructions), "tasks": tasks})
+        "instructions": bool(config.data.instructions), "tasks": tasks,
+        "tokenizer": tokenizer_file})
     os.makedirs(os.path.join(tmp, bundle.STABLEHLO_DIR))
     entry_points = {}
     for name, exp in exported.items():

@@ -5,6 +5,15 @@
 ``[B, model.embed_dim]``. ``matryoshka(raw, d)`` gives the unit-norm embedding at output
 size d (the L2-normalized first-d prefix). Queries, candidates and hard negatives all go
 through this one model; the model also owns the contrastive temperature and bias.
+
+The shared transformer is gemb's own (gemb/model/transformer.py, trained from scratch) or a
+pretrained backbone (``model.backbone``, gemb/model/backbone.py). With a backbone, text goes
+through the backbone's own token table, every token through its own position scheme, and
+the sentence-transformers head of the checkpoint (its pooling and Dense layers) is kept
+(``model.backbone.head="st"``). What gemb adds in front of the backbone never touches text
+(no modality-type or sequence-position vector is added to text tokens), so a text-only
+input embeds exactly as the checkpoint's reference implementation embeds it; the other
+modalities' embedders project to the backbone's width.
 """
 
 import math
@@ -13,13 +22,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gemb.batch import MODALITIES
+from gemb.batch import MODALITIES, PAD_ID
+from gemb.model import backbone
 from gemb.model.embedders import EMBEDDERS
 from gemb.model.layers import layer_norm, param
 from gemb.model.transformer import Transformer
 from gemb.parallel import constrain
 
 POOLINGS = ("mean", "first", "attention")
+HEADS = ("st", "gemb")
+_DENSE_ACTIVATIONS = {"identity": lambda x: x, "tanh": jnp.tanh}
 
 
 class AttentionPool(nnx.Module):
@@ -61,28 +73,68 @@ class MultimodalEmbedder(nnx.Module):
     for name in cfg.modalities:
       if name not in MODALITIES:
         raise ValueError(f"model.modalities: unknown modality {name!r}; known: {MODALITIES}")
-    if cfg.pooling not in POOLINGS:
-      raise ValueError(f"model.pooling={cfg.pooling!r}; choose one of {POOLINGS}")
-    self.modalities, self.pooling = tuple(cfg.modalities), cfg.pooling
+    checkpoint = backbone.resolve(cfg)
+    self.pretrained = checkpoint is not None
+    pooling = cfg.pooling
+    if self.pretrained:
+      width, heads = checkpoint.width, int(checkpoint.hf_config["num_attention_heads"])
+      pooling = cfg.backbone.pooling or checkpoint.pooling
+      self.head_kind = cfg.backbone.head
+      if self.head_kind not in HEADS:
+        raise ValueError(f"model.backbone.head={self.head_kind!r}; choose one of {HEADS}")
+    else:
+      width, heads, self.head_kind = cfg.width, cfg.heads, "gemb"
+    if pooling not in POOLINGS:
+      raise ValueError(f"model.pooling={pooling!r}; choose one of {POOLINGS}")
+    self.modalities, self.pooling = tuple(cfg.modalities), pooling
     self.max_positions, self.embed_dim = cfg.max_positions, cfg.embed_dim
     for name in self.modalities:
-      setattr(self, name, EMBEDDERS[name](cfg[name], cfg.width, rngs=rngs))
+      if not (self.pretrained and name == "text"):  # a backbone embeds its own text
+        setattr(self, name, EMBEDDERS[name](cfg[name], width, rngs=rngs))
     init = nnx.initializers.normal(0.02)
-    self.modality_type = param(rngs, init, (len(MODALITIES), cfg.width), ("modality", "embed"))
-    self.sequence_position = param(rngs, init, (cfg.max_positions, cfg.width),
-                                   ("positions", "embed"))
-    self.encoder = Transformer(cfg, rngs=rngs)
+    self.modality_type = param(rngs, init, (len(MODALITIES), width), ("modality", "embed"))
+    if self.pretrained:
+      # The backbone's own limit (model.max_positions sizes gemb's learned positions only).
+      self.max_positions = int(checkpoint.hf_config.get("max_position_embeddings",
+                                                        cfg.max_positions))
+      self.encoder = backbone.family_class(checkpoint.family)(
+          checkpoint.hf_config, scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy,
+          dtype=jnp.dtype(cfg.get("dtype", "float32")), rngs=rngs)
+    else:
+      self.sequence_position = param(rngs, init, (cfg.max_positions, width),
+                                     ("positions", "embed"))
+      self.encoder = Transformer(cfg, rngs=rngs)
     if self.pooling == "attention":
-      self.pool = AttentionPool(cfg.width, cfg.heads, rngs=rngs)
-    # No bias (see gemb/model/transformer.py): a constant added to every embedding does
-    # nothing for cosine similarity but offer a shortcut to collapse.
-    self.head_norm = layer_norm(cfg.width, rngs)
-    self.head = nnx.Linear(
-        cfg.width, cfg.embed_dim, rngs=rngs, use_bias=False,
-        kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "output")))
+      self.pool = AttentionPool(width, heads, rngs=rngs)
+    if self.head_kind == "st":
+      # The checkpoint's Dense modules; their weights come with the backbone's.
+      if cfg.embed_dim != checkpoint.output_dim:
+        raise ValueError(f"model.embed_dim={cfg.embed_dim} but {checkpoint.path}'s "
+                         f"sentence-transformers head outputs {checkpoint.output_dim} dims "
+                         "(set model.embed_dim to it, or model.backbone.head='gemb')")
+      self.dense_activations = tuple(d.activation for d in checkpoint.dense)
+      self.dense = nnx.List([nnx.Linear(
+          d.in_features, d.out_features, use_bias=d.bias, rngs=rngs,
+          kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, None)),
+          bias_init=nnx.with_partitioning(nnx.initializers.zeros, (None,)))
+          for d in checkpoint.dense])
+    else:
+      # No bias (see gemb/model/transformer.py): a constant added to every embedding does
+      # nothing for cosine similarity but offer a shortcut to collapse.
+      self.head_norm = layer_norm(width, rngs)
+      self.head = nnx.Linear(
+          width, cfg.embed_dim, rngs=rngs, use_bias=False,
+          kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "output")))
     # Contrastive temperature (log-parameterized; clipped in gemb.losses) and sigmoid bias.
     self.log_logit_scale = nnx.Param(jnp.asarray(-math.log(cfg.init_temperature), jnp.float32))
     self.logit_bias = nnx.Param(jnp.asarray(cfg.init_bias, jnp.float32))
+
+  def embed_segments(self, name, values, length):
+    """One modality's slot array -> tokens [B, S, N, D] and mask [B, S, N]; text through
+    the backbone's own token table when there is one."""
+    if name == "text" and self.pretrained:
+      return self.encoder.embed_ids(values), values != PAD_ID
+    return getattr(self, name)(values, length)
 
   def tokens(self, side):
     """Embeds every segment and lays the tokens out in example order.
@@ -101,13 +153,15 @@ class MultimodalEmbedder(nnx.Module):
     toks, masks, counts, slot_of = [], [], [], []
     for name in present:
       m = MODALITIES.index(name)
-      t, mask = getattr(self, name)(side[name], side.get(f"{name}_length"))
+      t, mask = self.embed_segments(name, side[name], side.get(f"{name}_length"))
       is_m = layout == m
       # j-th segment of modality m (left to right) is slot j; unreferenced slots are padding.
       slots = side[name].shape[1]
       used = jnp.arange(slots)[None, :] < jnp.sum(is_m, axis=1, keepdims=True)
       mask = mask & used[..., None]
-      toks.append(t + self.modality_type[m])
+      # No modality vector on a backbone's text: text-only inputs stay the checkpoint's.
+      toks.append(t if self.pretrained and name == "text" else
+                  t + self.modality_type[m].astype(t.dtype))
       masks.append(mask)
       counts.append(jnp.sum(mask, axis=-1))  # [B, slots]
       occurrence = jnp.where(is_m, jnp.cumsum(is_m, axis=1) - 1, -1)  # [B, S]
@@ -150,9 +204,13 @@ class MultimodalEmbedder(nnx.Module):
     if side["layout"].ndim != 2:
       raise ValueError(f"side['layout'] must be [B, S], got shape {side['layout'].shape}")
     tokens, mask, pos = self.tokens(side)
-    x = tokens + jnp.take(self.sequence_position[...], pos, axis=0)
-    x = constrain(x, ("batch", "length", "embed"))
-    x = self.encoder(x, mask, dropout_key=dropout_key)
+    if self.pretrained:  # the backbone applies its own position scheme
+      x = self.encoder(constrain(tokens, ("batch", "length", "embed")), mask, pos,
+                       dropout_key=dropout_key)
+    else:
+      x = tokens + jnp.take(self.sequence_position[...], pos, axis=0)
+      x = constrain(x, ("batch", "length", "embed"))
+      x = self.encoder(x, mask, dropout_key=dropout_key)
     if self.pooling == "mean":
       weights = mask.astype(x.dtype)[..., None]
       pooled = jnp.sum(x * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
@@ -160,5 +218,8 @@ class MultimodalEmbedder(nnx.Module):
       pooled = x[:, 0]
     else:
       pooled = self.pool(x, mask)
-    return self.head(self.head_norm(pooled))
-
+    if self.head_kind == "gemb":
+      return self.head(self.head_norm(pooled))
+    for dense, activation in zip(self.dense, self.dense_activations):
+      pooled = _DENSE_ACTIVATIONS[activation](dense(pooled))
+    return pooled

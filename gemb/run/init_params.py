@@ -7,7 +7,7 @@ import re
 import jax
 from absl import logging
 
-from gemb.model import efficientnet, whisper
+from gemb.model import backbone, efficientnet, whisper
 from gemb.model.embedders import encoder_name
 from gemb.run.checkpoint import Checkpointer
 from gemb.trees import param_path
@@ -44,8 +44,11 @@ def pretrained_params(model_cfg):
   if "image" in model_cfg.modalities and encoder_name(image) == "efficientnet_lite0":
     parts["image/efficientnet"] = efficientnet.load_pretrained(
         image.efficientnet_checkpoint, image.efficientnet_blocks)
-  return {f"{prefix}/{param_path(p)}": x for prefix, tree in parts.items()
+  flat = {f"{prefix}/{param_path(p)}": x for prefix, tree in parts.items()
           for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  # A pretrained backbone: the shared transformer ("encoder/...") and its sentence-
+  # transformers Dense head ("dense/...").
+  return flat | backbone.pretrained_params(model_cfg)
 
 
 def load_pretrained_params(model_cfg, params):

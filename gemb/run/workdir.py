@@ -1,7 +1,8 @@
 """A run's directory, as the trainer (gemb/train/loop.py) leaves it:
 
   config.json        the resolved config
-  tokenizer.model    the SentencePiece model trained at start-up
+  tokenizer.model    the SentencePiece model trained at start-up, or
+  tokenizer.json     a pretrained backbone's own tokenizer (model.backbone)
   checkpoints/<N>/   orbax checkpoints (gemb/run/checkpoint.py)
   eval/              step_<N>.json / .md / .png, soup.json, soup_vs_best.md (gemb/eval/report.py)
   tensorboard/       event files (gemb/run/summary.py)
@@ -45,11 +46,14 @@ def load_config(workdir):
 
 
 def tokenizer_path(workdir):
-  """The path of the run's tokenizer.model (which must exist)."""
-  path = os.path.join(workdir, "tokenizer.model")
-  if not os.path.exists(path):
-    raise app.UsageError(f"--workdir={workdir}: no tokenizer.model")
-  return path
+  """The path of the run's tokenizer (which must exist): tokenizer.json, a pretrained
+  backbone's own, or tokenizer.model, the SentencePiece model the run trained."""
+  for name in ("tokenizer.json", "tokenizer.model"):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      return path
+  raise app.UsageError(f"--workdir={workdir}: no tokenizer.model (nor the tokenizer.json of "
+                       "a run on a pretrained backbone)")
 
 
 def checkpoint_steps(workdir):

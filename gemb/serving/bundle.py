@@ -6,8 +6,10 @@
                            and the sha256 of every other file
       config.json          the run's resolved config (what trained these params)
       preprocess.json      input shapes and bounds (gemb.data.examples.InputShapes), task
-                           instructions, whether the run used them
-      tokenizer.model      the run's sentencepiece model
+                           instructions, whether the run used them (a backbone's own prompts
+                           are tasks too, always applied), the tokenizer's file
+      tokenizer.model      the run's sentencepiece model, or tokenizer.json: a pretrained
+                           backbone's own tokenizer (preprocess.json "tokenizer" names it)
       params.npz           parameter arrays p0, p1, ... (bfloat16 stored as its uint16 bits)
       params.json          per array: name (its path in the model), npz key, shape, dtype
       stablehlo/<entry>.bin  jax.export artifacts: f(param list, side) -> raw embeddings [b, D]

@@ -16,7 +16,7 @@ import threading
 import jax
 import numpy as np
 
-from gemb.data.tokenizer import Tokenizer
+from gemb.data import tokenizer as tokenizers
 from gemb.serving import bundle
 from gemb.serving.inputs import InputError
 from gemb.serving.preprocess import Preprocessor, stack_sides
@@ -48,8 +48,10 @@ class Embedder:
         self.entry_points[name] = jax.export.deserialize(bytearray(f.read()))
       self._calls[name] = jax.jit(self.entry_points[name].call)
     spec = bundle.read_json(os.path.join(self.directory, bundle.PREPROCESS))
+    # Bundles of pretrained backbones carry tokenizer.json (preprocess.json names it).
+    tokenizer_file = spec.get("tokenizer", bundle.TOKENIZER)
     self.preprocessor = Preprocessor(
-        spec, Tokenizer.load(os.path.join(self.directory, bundle.TOKENIZER)),
+        spec, tokenizers.load(os.path.join(self.directory, tokenizer_file)),
         {name: e["slots"] for name, e in self.manifest["entry_points"].items()})
     self.embed_dim = self.manifest["model"]["embed_dim"]
     self.max_batch = max_batch

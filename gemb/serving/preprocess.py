@@ -12,7 +12,7 @@ and video frame is measured from its header before a pixel of it is decoded.
 import numpy as np
 
 from gemb.batch import MODALITIES, pack_side
-from gemb.data.examples import InputShapes, decode_segment
+from gemb.data.examples import InputShapes, decode_segment, instructed
 from gemb.data.media import MediaError
 from gemb.data.media.image import MAX_PIXELS, image_pixels
 from gemb.data.media.video import sample_indices, video_frame_pixels
@@ -40,7 +40,8 @@ class Preprocessor:
     if not isinstance(task, str) or task not in self.tasks:
       raise inputs.InputError(f"unknown task {task!r}; known: {sorted(self.tasks)}")
     text = self.tasks[task]["instruction"]
-    if not (self.use_instructions and text):
+    # A pretrained backbone's own prompts apply whatever the run's data.instructions.
+    if not ((self.use_instructions or self.tasks[task].get("prompt")) and text):
       return None
     if task not in self._instruction_ids:
       self._instruction_ids[task] = self.tokenizer.encode([text], self.shapes.text_len)[0]
@@ -68,8 +69,16 @@ class Preprocessor:
     """-> (entry point, side); raises InputError naming ``where`` and the bad field
     (LimitError when ``budget``, a PixelBudget, is exceeded)."""
     instruction = self.instruction(task)
+    segments = inputs.segments(item, where)
+    text = self.tasks[task]["instruction"] if instruction is not None else None
+    try:
+      instruction, joined = instructed([(m, v) for m, v, _ in segments], text, instruction,
+                                       self.tokenizer)
+    except MediaError as e:
+      raise inputs.InputError(f"{where}: {e}") from e
+    segments = [(m, v, rate) for (m, v), (_, _, rate) in zip(joined, segments)]
     decoded = [] if instruction is None else [("text", instruction)]
-    for i, (modality, value, rate) in enumerate(inputs.segments(item, where)):
+    for i, (modality, value, rate) in enumerate(segments):
       field = f"{where}[{i}].{modality}" if isinstance(item, (list, tuple)) else \
           f"{where}.{modality}"
       try:

@@ -4,9 +4,9 @@ the key, instead of after the tokenizer was trained or hours into a run.
 Unknown keys and wrong types given on the command line are already refused by
 ml-collections (locked config, typed fields); this covers what it cannot see: values out of
 their allowed set, model shapes the model cannot be built with (checked by building it
-abstractly: no memory, no compilation), a missing pretrained checkpoint, LoRA targets that
-match no kernel, stage overrides (gemb/run/curriculum.py), task names, Matryoshka dims that
-the model cannot produce, and batches that the mesh cannot split.
+abstractly: no memory, no compilation), a missing or unusable pretrained checkpoint (towers,
+backbones), LoRA targets that match no kernel, stage overrides (gemb/run/curriculum.py), task
+names, Matryoshka dims that the model cannot produce, and batches that the mesh cannot split.
 """
 
 import os
@@ -19,7 +19,7 @@ from gemb.data.builtin import base as builtin_base
 from gemb.data.pipeline import check_trainable, get_tasks
 from gemb.eval import retrieval
 from gemb.eval.tasks import check_batch_size
-from gemb.model import efficientnet, embedder_model, embedders, lora, whisper
+from gemb.model import backbone, efficientnet, embedder_model, embedders, lora, whisper
 from gemb.run import curriculum
 from gemb.train import soup
 
@@ -142,6 +142,18 @@ def validate(config):
         lora.LoRA(config.model)  # its targets must match kernels, its regexes compile
       except ValueError as e:
         raise ValueError(f"config.{e}") from None
+  try:  # a pretrained backbone's directory, family and head, before any work
+    checkpoint = backbone.resolve(config.model)
+  except ValueError as e:
+    raise _fail("", "model.backbone", str(e)) from None
+  if checkpoint is not None:
+    if config.model.backbone.head not in ("st", "gemb"):
+      raise _fail("", "model.backbone.head", f"{config.model.backbone.head!r} is not one of "
+                  "('st', 'gemb')")
+    if config.model.backbone.head == "st" and config.model.embed_dim != checkpoint.output_dim:
+      raise _fail("", "model.embed_dim", f"{config.model.embed_dim}, but the sentence-"
+                  f"transformers head of {checkpoint.path} outputs {checkpoint.output_dim} dims "
+                  "(set it to that, or model.backbone.head='gemb')")
   soup = config.soup
   if soup.kind == "last" and not 0 < soup.num <= config.train.keep_checkpoints:
     raise _fail("", "soup.num", f"{soup.num} must be in [1, train.keep_checkpoints="

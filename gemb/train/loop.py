@@ -19,9 +19,10 @@ from jax.experimental import multihost_utils
 from gemb import parallel, paths
 from gemb.data.bad_records import Tally
 from gemb.data.pipeline import tokenizer_corpus, train_dataset
-from gemb.data.tokenizer import Tokenizer
+from gemb.data.tokenizer import PRETRAINED_FILE, SENTENCEPIECE_FILE, PretrainedTokenizer, Tokenizer
 from gemb.eval import report
 from gemb.eval.tasks import evaluate_dims, load_tasks
+from gemb.model import backbone
 from gemb.run.checkpoint import Checkpointer
 from gemb.run.init_params import load_init_params, load_pretrained_params
 from gemb.run.optimizer import make_optimizer
@@ -40,19 +41,28 @@ class NonFiniteError(RuntimeError):
 
 
 def load_or_train_tokenizer(config, stages, workdir):
-  """The run's sentencepiece model lives in the workdir, so evals and exports reuse it. It is
-  trained on the texts of every stage's tasks and eval tasks.
+  """The run's tokenizer lives in the workdir, so evals and exports reuse it.
 
-  Every process trains the same model (deterministic training on the same texts) and
-  process 0 saves it; the barrier keeps a process from reading a half-written file, and
-  the digest check proves all processes tokenize alike (it fails if the workdir is not
-  shared, e.g. a stale tokenizer.model on one host only).
+  With a pretrained backbone (model.backbone) it is the backbone's own tokenizer.json
+  (truncating at its max_seq_length), copied to the workdir once. Otherwise a sentencepiece
+  model trained on the texts of every stage's tasks and eval tasks: every process trains the
+  same model (deterministic training on the same texts) and process 0 saves it; the barrier
+  keeps a process from reading a half-written file, and the digest check proves all
+  processes tokenize alike (it fails if the workdir is not shared, e.g. a stale
+  tokenizer.model on one host only).
   """
-  path = paths.Path(workdir) / "tokenizer.model"
+  checkpoint = backbone.resolve(config.model)
+  name = SENTENCEPIECE_FILE if checkpoint is None else PRETRAINED_FILE
+  path = paths.Path(workdir) / name
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("gemb: before reading tokenizer.model")
+    multihost_utils.sync_global_devices(f"gemb: before reading {name}")
   if path.exists():
-    tok = Tokenizer(path.read_bytes())
+    tok = (Tokenizer(path.read_bytes()) if checkpoint is None
+           else PretrainedTokenizer(path.read_text(), where=str(path)))
+  elif checkpoint is not None:
+    tok = backbone.text_tokenizer(checkpoint)
+    if jax.process_index() == 0:
+      path.write_bytes(tok.file_bytes)
   else:
     names = [t for s in stages for t in tuple(s.config.data.tasks) + tuple(s.config.eval.tasks)]
     tok = Tokenizer.train(tokenizer_corpus(config, tuple(dict.fromkeys(names))),
@@ -60,12 +70,15 @@ def load_or_train_tokenizer(config, stages, workdir):
     if jax.process_index() == 0:
       path.write_bytes(tok.model_proto)
   if jax.process_count() > 1:
-    digest = np.frombuffer(hashlib.sha256(tok.model_proto).digest(), np.uint8)
+    content = tok.model_proto if checkpoint is None else tok.file_bytes
+    digest = np.frombuffer(hashlib.sha256(content).digest(), np.uint8)
     multihost_utils.assert_equal(digest, f"processes have different tokenizers ({path}): "
                                  "is the workdir shared by all hosts?")
-  if tok.vocab_size > config.model.text.vocab_size:
-    raise ValueError(f"tokenizer has {tok.vocab_size} pieces > model.text.vocab_size="
-                     f"{config.model.text.vocab_size}")
+  vocab = (config.model.text.vocab_size if checkpoint is None
+           else int(checkpoint.hf_config["vocab_size"]))
+  if tok.vocab_size > vocab:
+    raise ValueError(f"tokenizer {path} has {tok.vocab_size} pieces > the model's vocabulary "
+                     f"of {vocab}")
   return tok
 
 
