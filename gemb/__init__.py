@@ -4,7 +4,8 @@ How the parts depend on each other (tests/test_import_graph.py checks it; an arr
 "may import"; lower layers never import higher ones):
 
   leaves    batch (the batch format, numpy), paths (local or gs:// paths), trees (parameter
-            path names), parallel (meshes, sharding rules), distributed: no other gemb part.
+            path names), parallel (meshes, sharding rules), distributed, pretrained (fetch and
+            inspect pretrained checkpoint directories): no other gemb part.
   model     -> batch, parallel. The network and its pretrained towers; knows nothing of
             datasets, losses, runs or training.
   data      -> batch. Datasets, tasks, tokenizer, decoding, pipelines; knows nothing of the
@@ -20,7 +21,9 @@ How the parts depend on each other (tests/test_import_graph.py checks it; an arr
   serving   -> batch, data (decoding and packing one input only). Runs a bundle with jax +
             numpy: no flax, optax, orbax, grain or TFDS, directly or through gemb.data.
   export    -> data, model, run, serving, batch, trees. A run's checkpoint -> a bundle.
-  programs  main -> train; bench -> train, eval, run; embed and serve -> serving.
+  integrations -> serving, data, run. Other frameworks' protocols over a bundle (MTEB).
+  programs  main -> train; bench -> train, eval, run; embed and serve -> serving; cli (the
+            console scripts) runs them by module name.
 """
 
 __version__ = "0.1.0"

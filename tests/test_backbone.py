@@ -18,7 +18,7 @@ from backbone_fixtures import (hf_tensors, minilm_dir, minilm_reference, tiny_to
 from configs.common import model_config
 from gemb import parallel
 from gemb.batch import IMAGE, TEXT
-from gemb.data.tokenizer import PretrainedTokenizer
+from gemb.data.tokenizer import PretrainedTokenizer, backbone_tokenizer
 from gemb.model import backbone
 from gemb.model.embedder_model import MultimodalEmbedder, matryoshka
 from gemb.run.curriculum import param_path
@@ -256,7 +256,7 @@ def test_embeddinggemma_tokenizer_and_prompts_equal_the_reference():
   is joined to its text as gemb joins task instructions."""
   from gemb.data.examples import instructed
   ck = backbone.read_checkpoint(gemma_dir())
-  tok = backbone.text_tokenizer(ck)
+  tok = backbone_tokenizer(ck)
   with np.load(GEMMA_FIXTURE) as z:
     texts, ref = [str(t) for t in z["texts"]], np.where(z["attention_mask"], z["input_ids"], 0)
   np.testing.assert_array_equal(tok.encode(texts, ref.shape[1]), ref)

@@ -16,6 +16,7 @@ from flax import nnx
 
 from backbone_fixtures import minilm_dir, minilm_reference
 from configs import backbone_smoke
+from gemb.data.tokenizer import backbone_tokenizer
 from gemb.model import backbone
 from gemb.run.curriculum import param_path
 
@@ -51,7 +52,7 @@ def bundle(tmp_path_factory):
   pretrained = backbone.pretrained_params(config.model)
   params = jax.tree_util.tree_map_with_path(
       lambda p, x: pretrained.get(param_path(p), np.asarray(x)), params)
-  tok = backbone.text_tokenizer(backbone.read_checkpoint(config.model.backbone.checkpoint))
+  tok = backbone_tokenizer(backbone.read_checkpoint(config.model.backbone.checkpoint))
   tok.save(str(tmp / "tokenizer.json"))
   out = str(tmp / "bundle")
   # Two text slots of 256 tokens fill BERT's 512 positions (the default interleaved 4 would not).

@@ -11,6 +11,7 @@ from flax import nnx
 from backbone_fixtures import minilm_dir, minilm_reference
 from configs import backbone_smoke
 from gemb.export.sentence_transformers import write_sentence_transformers
+from gemb.data.tokenizer import backbone_tokenizer
 from gemb.model import backbone
 from gemb.model.embedder_model import MultimodalEmbedder, matryoshka
 from gemb.run.curriculum import param_path
@@ -49,7 +50,7 @@ def test_exported_directory_loads_in_sentence_transformers_and_matches(tmp_path)
   graphdef, state = nnx.split(model)
   nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, params))
   model = nnx.merge(graphdef, state)
-  tok = backbone.text_tokenizer(backbone.read_checkpoint(minilm_dir()))
+  tok = backbone_tokenizer(backbone.read_checkpoint(minilm_dir()))
   ids = tok.encode(texts, 256)
   ours = np.asarray(matryoshka(model({"layout": np.zeros((len(texts), 1), np.int32),
                                       "text": ids[:, None]}), 384))

@@ -24,20 +24,23 @@ ALLOWED = {
     "losses": {"model", "parallel"},
     "run": {"model", "parallel", "paths", "trees"},
     "eval": {"data", "model", "run", "batch", "parallel", "paths"},
-    "train": {"data", "model", "losses", "run", "eval", "batch", "parallel", "paths"},
+    "train": {"data", "model", "losses", "run", "eval", "batch", "parallel", "paths", "trees"},
     "serving": {"batch", "data"},
     "export": {"data", "model", "run", "serving", "batch", "trees"},
     "main": {"run", "train", "distributed"},
     "bench": {"batch", "data", "eval", "model", "parallel", "run", "train"},
     "embed": {"serving"},
-    "serve": {"serving"},
+    "serve": {"serving", "batch"},
+    "pretrained": set(),
+    "integrations": {"data", "run", "serving"},
+    "cli": set(),
 }
 # Serving runs with jax + numpy only: none of these may be imported by gemb.serving or by any
 # gemb module it imports, directly or not.
 SERVING_BANNED = ("flax", "optax", "orbax", "grain", "tensorflow_datasets", "clu")
 # The part of gemb.data that serving may use: decoding and packing one input.
-SERVING_DATA = {"gemb.data", "gemb.data.examples", "gemb.data.tokenizer", "gemb.data.media",
-                "gemb.data.media.audio", "gemb.data.media.image", "gemb.data.media.video"}
+SERVING_DATA = {"gemb.data", "gemb.data.examples", "gemb.data.bad_records", "gemb.data.tokenizer",
+                "gemb.data.media", "gemb.data.media.audio", "gemb.data.media.image", "gemb.data.media.video"}
 
 
 def module_name(path):

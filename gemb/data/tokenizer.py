@@ -220,3 +220,14 @@ def load(path: str):
   if path.endswith(".json"):
     return PretrainedTokenizer.load(path)
   return Tokenizer.load(path)
+
+
+def backbone_tokenizer(checkpoint):
+  """The own tokenizer (tokenizer.json) of a pretrained backbone checkpoint (a
+  gemb.model.backbone.read_checkpoint result), truncating at its max_seq_length."""
+  tok = PretrainedTokenizer.from_checkpoint(checkpoint.tokenizer_file, checkpoint.max_seq_length)
+  vocab = int(checkpoint.hf_config.get("vocab_size", 0))
+  if tok.vocab_size > vocab:
+    raise ValueError(f"{checkpoint.tokenizer_file}: {tok.vocab_size} tokens, but "
+                     f"{checkpoint.path}/config.json has vocab_size={vocab}")
+  return tok

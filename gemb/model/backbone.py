@@ -299,15 +299,3 @@ def pretrained_params(model_cfg):
       flat[prefix] = node
   walk("", tree)
   return flat
-
-
-def text_tokenizer(checkpoint):
-  """The checkpoint's own tokenizer (tokenizer.json), truncating at its max_seq_length."""
-  from gemb.data.tokenizer import PretrainedTokenizer
-
-  tok = PretrainedTokenizer.from_checkpoint(checkpoint.tokenizer_file, checkpoint.max_seq_length)
-  vocab = int(checkpoint.hf_config.get("vocab_size", 0))
-  if tok.vocab_size > vocab:
-    raise CheckpointError(f"{checkpoint.tokenizer_file}: {tok.vocab_size} tokens, but "
-                          f"{checkpoint.path}/config.json has vocab_size={vocab}")
-  return tok

@@ -19,7 +19,8 @@ from jax.experimental import multihost_utils
 from gemb import parallel, paths
 from gemb.data.bad_records import Tally
 from gemb.data.pipeline import tokenizer_corpus, train_dataset
-from gemb.data.tokenizer import PRETRAINED_FILE, SENTENCEPIECE_FILE, PretrainedTokenizer, Tokenizer
+from gemb.data.tokenizer import (PRETRAINED_FILE, SENTENCEPIECE_FILE, PretrainedTokenizer,
+                                 Tokenizer, backbone_tokenizer)
 from gemb.eval import report
 from gemb.eval.tasks import evaluate_dims, load_tasks
 from gemb.model import backbone
@@ -60,7 +61,7 @@ def load_or_train_tokenizer(config, stages, workdir):
     tok = (Tokenizer(path.read_bytes()) if checkpoint is None
            else PretrainedTokenizer(path.read_text(), where=str(path)))
   elif checkpoint is not None:
-    tok = backbone.text_tokenizer(checkpoint)
+    tok = backbone_tokenizer(checkpoint)
     if jax.process_index() == 0:
       path.write_bytes(tok.file_bytes)
   else:
