@@ -17,7 +17,7 @@ def model_config(*, width, depth, heads, mlp_dim, embed_dim, vocab_size, text_le
       remat_policy="",        # a jax.checkpoint_policies name, e.g. "nothing_saveable"; "" = off
       pooling="mean",         # mean | first | attention
       embed_dim=embed_dim,    # largest Matryoshka output size
-      max_positions=512,      # interleaved sequence length limit
+      max_positions=512,      # interleaved sequence length limit (a backbone has its own)
       init_temperature=0.07, init_bias=-10.0,
       text=dict(vocab_size=vocab_size, max_len=text_len),
       # encoder: "patches" (linear size/patch x size/patch patches) or "efficientnet_lite0"

@@ -73,7 +73,8 @@ def write_tiny_bert(directory, *, dense=((32, 24, "torch.nn.modules.activation.T
             os.path.join(directory, "model.safetensors"))
   with open(os.path.join(directory, "tokenizer.json"), "w") as f:
     f.write(tiny_tokenizer_json())
-  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+  modules = [{"idx": 0, "name": "0", "path": "",
+              "type": "sentence_transformers.models.Transformer"},
              {"idx": 1, "name": "1", "path": "1_Pooling",
               "type": "sentence_transformers.models.Pooling"}]
   os.makedirs(os.path.join(directory, "1_Pooling"), exist_ok=True)

@@ -6,7 +6,6 @@ by tests/make_backbone_references.py with torch on CPU in float32)."""
 import json
 import os
 import pickle
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -196,7 +195,8 @@ def test_sharded_multimodal_backbone_equals_single_device(tiny_dir, devices):
   values = nnx.to_pure_dict(nnx.state(single_model))
   params = jax.tree.map(lambda s, v: jax.device_put(v, s.sharding), params, values)
   with jax.set_mesh(mesh):
-    out = jax.jit(lambda p, s: nnx.merge(graphdef, p)(s))(params, parallel.host_to_global(side, mesh))
+    forward = jax.jit(lambda p, s: nnx.merge(graphdef, p)(s))
+    out = forward(params, parallel.host_to_global(side, mesh))
   np.testing.assert_allclose(np.asarray(out), single, atol=2e-5)
 
 

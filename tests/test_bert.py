@@ -116,7 +116,8 @@ def test_scan_unrolled_and_remat_agree_forward_and_backward():
   t = hf_tensors()
   ids, mask, pos = inputs()
   outs = []
-  for scan, remat in [(False, ""), (True, ""), (True, "nothing_saveable"), (False, "dots_saveable")]:
+  modes = [(False, ""), (True, ""), (True, "nothing_saveable"), (False, "dots_saveable")]
+  for scan, remat in modes:
     graphdef, params = nnx.split(loaded(t, scan_layers=scan, remat_policy=remat))
 
     def loss(p, graphdef=graphdef):

@@ -263,7 +263,6 @@ def write_tiny_gemma(directory):
 def gemma_run_config(checkpoint, *, head, embed_dim, text_len):
   c = tiny.get_config()
   c.model.modalities = ("text",)
-  c.model.max_positions = 2 * text_len  # the text and the (empty) instruction slot
   c.model.backbone.update(dict(family="auto", checkpoint=checkpoint, pooling="", head=head))
   c.model.update(embed_dim=embed_dim, scan_layers=True)
   c.model.text.max_len = text_len

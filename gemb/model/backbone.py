@@ -159,7 +159,8 @@ def read_checkpoint(path):
   max_seq_length = st.get("max_seq_length") or max_positions
   if not isinstance(max_seq_length, int) or max_seq_length <= 0:
     raise CheckpointError(f"{path}: sentence_bert_config.json max_seq_length (or config.json "
-                          f"max_position_embeddings) must be a positive int, got {max_seq_length!r}")
+                          f"max_position_embeddings) must be a positive int, got "
+                          f"{max_seq_length!r}")
   prompts_cfg = _read_json(os.path.join(path, "config_sentence_transformers.json"),
                            required=False) or {}
   prompts = {str(k): str(v) for k, v in (prompts_cfg.get("prompts") or {}).items()}

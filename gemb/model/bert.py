@@ -263,7 +263,8 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], hf_config: dict) -> dict:
 
   get = lambda k: np.asarray(ours[k][1], np.float32)  # noqa: E731
   stacked = {
-      "qkv": np.zeros((n, d, h, 3, hd), np.float32), "qkv_bias": np.zeros((n, h, 3, hd), np.float32),
+      "qkv": np.zeros((n, d, h, 3, hd), np.float32),
+      "qkv_bias": np.zeros((n, h, 3, hd), np.float32),
       "out": np.zeros((n, h, hd, d), np.float32), "out_bias": np.zeros((n, d), np.float32),
       "up": np.zeros((n, d, f), np.float32), "up_bias": np.zeros((n, f), np.float32),
       "down": np.zeros((n, f, d), np.float32), "down_bias": np.zeros((n, d), np.float32),

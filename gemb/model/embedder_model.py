@@ -93,8 +93,9 @@ class MultimodalEmbedder(nnx.Module):
     init = nnx.initializers.normal(0.02)
     self.modality_type = param(rngs, init, (len(MODALITIES), width), ("modality", "embed"))
     if self.pretrained:
-      self.max_positions = min(cfg.max_positions, int(checkpoint.hf_config.get(
-          "max_position_embeddings", cfg.max_positions)))
+      # The backbone's own limit (model.max_positions sizes gemb's learned positions only).
+      self.max_positions = int(checkpoint.hf_config.get("max_position_embeddings",
+                                                        cfg.max_positions))
       self.encoder = backbone.family_class(checkpoint.family)(
           checkpoint.hf_config, scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy,
           dtype=jnp.dtype(cfg.get("dtype", "float32")), rngs=rngs)

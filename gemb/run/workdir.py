@@ -47,7 +47,8 @@ def tokenizer_path(workdir):
     path = os.path.join(workdir, name)
     if os.path.exists(path):
       return path
-  raise app.UsageError(f"--workdir={workdir}: no tokenizer.json or tokenizer.model")
+  raise app.UsageError(f"--workdir={workdir}: no tokenizer.model (nor the tokenizer.json of "
+                       "a run on a pretrained backbone)")
 
 
 def checkpoint_steps(workdir):
