@@ -309,7 +309,7 @@ def test_small_random_gemma3_with_gemb_head(tmp_path):
     assert_same(gemb_embeddings(workdir, texts, task), st.encode(texts, prompt_name=task))
 
 
-@pytest.mark.slow  # ~5 min on 2 CPU cores: 300M params through gemb and through torch
+@pytest.mark.slow  # 11 min, >10 GB on 2 CPU cores: 300M params through gemb and through torch
 def test_embeddinggemma_300m_through_the_export(tmp_path):
   from safetensors.numpy import load_file
   from sentence_transformers import SentenceTransformer
