@@ -21,7 +21,7 @@ from gemb.batch import IMAGE, TEXT
 from gemb.data.tokenizer import PretrainedTokenizer, backbone_tokenizer
 from gemb.model import backbone
 from gemb.model.embedder_model import MultimodalEmbedder, matryoshka
-from gemb.run.curriculum import param_path
+from gemb.trees import param_path
 
 
 def backbone_config(path, *, embed_dim, text_len, modalities=("text", "image"), **backbone_cfg):

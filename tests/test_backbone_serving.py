@@ -18,7 +18,7 @@ from backbone_fixtures import minilm_dir, minilm_reference
 from configs import backbone_smoke
 from gemb.data.tokenizer import backbone_tokenizer
 from gemb.model import backbone
-from gemb.run.curriculum import param_path
+from gemb.trees import param_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = {"query": "task: search result | query: ", "document": "title: none | text: "}

@@ -1,24 +1,24 @@
-"""Export a run to a serving bundle:
+"""Export a run to a serving bundle, or (text only) to a sentence-transformers model:
 
   python -m gemb.export --workdir=DIR --out=OUT [--step=N | --soup | --soup_steps=a,b,c]
       [--dtype=float32|bfloat16] [--slots=text=4,image=2,audio=2,video=1]
       [--platforms=cpu[,cuda,tpu]] [--saved_model=auto|yes|no]
-      [--format=gemb|sentence-transformers]
+  python -m gemb.export --format=sentence-transformers --workdir=DIR --out=OUT
+      [--step=N | --soup | --soup_steps=a,b,c]
 
 Restores the params of DIR/checkpoints/<N> (latest by default), or the uniform average of
 several checkpoints (--soup: every kept one; --soup_steps: those listed), onto the devices
-of this machine, and writes OUT (gemb/serving/bundle.py describes its files). The run's
+of this machine, and writes OUT: a bundle (gemb/serving/bundle.py describes its files) or,
+for a run on a pretrained BERT or Gemma 3 backbone, a directory that stock
+sentence-transformers loads (gemb/export/sentence_transformers_dir.py). The run's
 config.json and the tokenizer (tokenizer.model, or tokenizer.json for a pretrained backbone)
-come from DIR. --format=sentence-transformers writes, for a run on a pretrained text
-backbone, a directory that stock sentence-transformers loads instead (text only; see
-gemb/export/sentence_transformers.py).
+come from DIR. A run the chosen format cannot represent is refused with one line, exit 1.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
-
-FORMATS = ("gemb", "sentence-transformers")
 
 
 def restore_target(config):
@@ -37,7 +37,8 @@ def restore_target(config):
 
 
 def restore_params(workdir, config, steps):
-  """The params of checkpoint ``steps`` (one step: as is; several: their uniform soup)."""
+  """The params of checkpoint ``steps`` (one step: as is; several: their uniform soup): what
+  every export format writes."""
   from gemb.run.checkpoint import Checkpointer
   from gemb.run.soup import soup_of_checkpoints
 
@@ -78,31 +79,34 @@ def parse_slots(values):
   return slots
 
 
+FORMATS = ("bundle", "sentence-transformers")
+
+
 def run(workdir, out, *, step=None, soup=False, soup_steps=None, dtype="float32", slots=None,
-        platforms=("cpu",), saved_model="auto", format="gemb"):  # noqa: A002 (the flag's name)
-  """Exports ``workdir`` to bundle ``out``; returns the manifest (for the
-  sentence-transformers format: {"format", "source", "files"})."""
+        platforms=("cpu",), saved_model="auto", format="bundle"):  # noqa: A002 (the flag)
+  """Exports ``workdir`` to ``out`` in ``format``; returns the bundle's manifest or the
+  sentence-transformers export's record (its gemb_export.json)."""
+  from gemb.export import sentence_transformers_dir
   from gemb.export.writer import write_bundle
   from gemb.run.workdir import load_config, tokenizer_path
 
   if format not in FORMATS:
-    raise app.UsageError(f"--format={format!r}; choose one of {FORMATS}")
+    raise app.UsageError(f"--format={format!r}; choose one of {', '.join(FORMATS)}")
   workdir = os.path.abspath(workdir)
   config = load_config(workdir)
   tokenizer = tokenizer_path(workdir)
   if os.path.exists(out):
     raise app.UsageError(f"--out={out} exists; remove it or choose another directory")
+  if format == sentence_transformers_dir.FORMAT:
+    sentence_transformers_dir.check(config)  # refuses before any checkpoint is opened
   steps = select_steps(workdir, step, soup, soup_steps)
-  params = restore_params(workdir, config, steps)
   source = {"workdir": workdir, "steps": steps, "soup": len(steps) > 1}
-  if format == "sentence-transformers":
-    from gemb.export.sentence_transformers import write_sentence_transformers
-    try:
-      files = write_sentence_transformers(out, config, params)
-    except ValueError as e:
-      raise app.UsageError(str(e)) from None
-    logging.info("exported %s for sentence-transformers (step(s) %s): %s", out, steps, files)
-    return {"format": format, "source": source, "files": files}
+  params = restore_params(workdir, config, steps)
+  if format == sentence_transformers_dir.FORMAT:
+    record = sentence_transformers_dir.write(out, config, params, tokenizer, source=source)
+    logging.info("exported %s (step(s) %s) for sentence-transformers: max_seq_length %d, "
+                 "prompts %s", out, steps, record["max_seq_length"], record["prompts"])
+    return record
   manifest = write_bundle(out, config, params, tokenizer, source=source, dtype=dtype,
                           interleaved_slots=slots, platforms=tuple(platforms),
                           saved_model=saved_model)
@@ -117,14 +121,28 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   logging.set_verbosity(logging.INFO)
-  run(f.workdir, f.out, step=f.step, soup=f.soup, soup_steps=f.soup_steps, dtype=f.dtype,
-      slots=parse_slots(f.slots), platforms=f.platforms, saved_model=f.saved_model,
-      format=f.format)
+  if f.format != "bundle":
+    bundle_only = [n for n in ("dtype", "slots", "platforms", "saved_model") if f[n].present]
+    if bundle_only:
+      raise app.UsageError(f"--{', --'.join(bundle_only)}: bundle flags; a --format={f.format} "
+                           "export is float32 text-only (see the README)")
+  from gemb.export.sentence_transformers_dir import Refusal
+  from gemb.model.backbone import CheckpointError
+  try:
+    run(f.workdir, f.out, step=f.step, soup=f.soup, soup_steps=f.soup_steps, dtype=f.dtype,
+        slots=parse_slots(f.slots), platforms=f.platforms, saved_model=f.saved_model,
+        format=f.format)
+  except (Refusal, CheckpointError) as e:
+    print(f"gemb.export: {e}", file=sys.stderr)  # one line: what the run is, what is supported
+    sys.exit(1)
 
 
 if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "The run's directory (config.json, checkpoints/).")
-  flags.DEFINE_string("out", None, "Bundle directory to create (must not exist).")
+  flags.DEFINE_string("out", None, "Directory to create (must not exist).")
+  flags.DEFINE_enum("format", "bundle", FORMATS, "bundle: a gemb serving bundle (every "
+                    "modality); sentence-transformers: a text-only model directory for "
+                    "SentenceTransformer(OUT) (runs on a bert / gemma3 backbone).")
   flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the latest).")
   flags.DEFINE_bool("soup", False, "Export the uniform average of every kept checkpoint.")
   flags.DEFINE_list("soup_steps", None, "Export the uniform average of these checkpoints.")
@@ -134,8 +152,5 @@ if __name__ == "__main__":
   flags.DEFINE_list("platforms", ["cpu"], "jax.export platforms (cpu, cuda, tpu).")
   flags.DEFINE_enum("saved_model", "auto", ["auto", "yes", "no"],
                     "Also write a TensorFlow SavedModel (auto: when tensorflow is installed).")
-  flags.DEFINE_enum("format", "gemb", FORMATS, "gemb: a serving bundle (every modality); "
-                    "sentence-transformers: a directory SentenceTransformer(OUT) loads (text "
-                    "only, runs on a pretrained backbone).")
   flags.mark_flags_as_required(["workdir", "out"])
   app.run(main)

@@ -31,6 +31,7 @@ from gemb.data.pipeline import get_tasks
 from gemb.data.tasks import ClassificationSpec
 from gemb.model import backbone
 from gemb.model.embedder_model import MultimodalEmbedder
+from gemb.run.curriculum import resolve_stages
 from gemb.serving import bundle
 from gemb.trees import param_path
 
@@ -95,10 +96,13 @@ def export_entry_points(model_config, leaves, treedef, slots_by_entry, shapes, p
 
 
 def task_instructions(config):
-  """The run's tasks (trained and evaluated): instruction and segment modalities; with a
-  pretrained backbone also the checkpoint's own prompts (config_sentence_transformers.json)
-  as tasks of their name, marked "prompt" (applied whatever data.instructions says)."""
-  names = dict.fromkeys(tuple(config.data.tasks) + tuple(config.eval.tasks))
+  """The run's tasks (trained and evaluated, in any stage): instruction and segment
+  modalities; with a pretrained backbone also the checkpoint's own prompts
+  (config_sentence_transformers.json) as tasks of their name, marked "prompt" (applied
+  whatever data.instructions says)."""
+  sections = [config] + [s.config for s in (resolve_stages(config) if config.get("stages")
+                                             else ())]
+  names = dict.fromkeys(n for c in sections for n in tuple(c.data.tasks) + tuple(c.eval.tasks))
   tasks = {t.name: {"instruction": t.instruction, "description": t.description,
                     "query": [s.modality for s in t.query],
                     # A zero-shot classification task's candidates are its text class prompts.

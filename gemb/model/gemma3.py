@@ -361,3 +361,23 @@ def params_from_hf(tensors, hf_config):
   if problems:
     raise ValueError("Gemma 3 checkpoint does not match config.json: " + " | ".join(problems))
   return {"embedding": embedding, "layers": layers, "final_norm": {"scale": final}}
+
+
+def params_to_hf(params, hf_config):
+  """The inverse of ``params_from_hf``: Gemma3Backbone's pure dict -> Gemma3TextModel
+  tensors under their safetensors names (no prefix, as EmbeddingGemma's), float32 numpy,
+  for exporting a trained model back to the Hugging Face layout."""
+  cfg = parse_config(hf_config)
+  g = lambda x: np.ascontiguousarray(np.asarray(x, np.float32))  # noqa: E731
+  out = {"embed_tokens.weight": g(params["embedding"]),
+         "norm.weight": g(params["final_norm"]["scale"])}
+  for name, (path, shape, convert) in _layer_map(cfg).items():
+    stacked = params["layers"]
+    for key in path:
+      stacked = stacked[key]
+    for i in range(cfg.depth):
+      w = np.asarray(stacked[i], np.float32)
+      # Every conversion above is a transpose then a reshape, so its inverse is the reshape
+      # to the transposed torch shape then a transpose.
+      out[f"layers.{i}.{name}"] = g(w.reshape(shape[::-1]).T if convert else w)
+  return out
