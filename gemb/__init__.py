@@ -20,7 +20,8 @@ How the parts depend on each other (tests/test_import_graph.py checks it; an arr
             the only part that writes a run.
   serving   -> batch, data (decoding and packing one input only). Runs a bundle with jax +
             numpy: no flax, optax, orbax, grain or TFDS, directly or through gemb.data.
-  export    -> data, model, run, serving, batch, trees. A run's checkpoint -> a bundle.
+  export    -> data, model, run, serving, batch, trees, pretrained. A run's checkpoint -> a
+            bundle, or a sentence-transformers directory.
   integrations -> serving, data, run. Other frameworks' protocols over a bundle (MTEB).
   programs  main -> train; bench -> train, eval, run; embed and serve -> serving; cli (the
             console scripts) runs them by module name.

@@ -26,7 +26,7 @@ ALLOWED = {
     "eval": {"data", "model", "run", "batch", "parallel", "paths"},
     "train": {"data", "model", "losses", "run", "eval", "batch", "parallel", "paths", "trees"},
     "serving": {"batch", "data"},
-    "export": {"data", "model", "run", "serving", "batch", "trees"},
+    "export": {"data", "model", "run", "serving", "batch", "trees", "pretrained"},
     "main": {"run", "train", "distributed"},
     "bench": {"batch", "data", "eval", "model", "parallel", "run", "train"},
     "embed": {"serving"},
