@@ -17,7 +17,7 @@ import pytest
 from configs import tiny
 from gemb.data import pipeline
 from gemb.data.bad_records import KINDS, BadRecord, Tally, describe, kind_vector
-from gemb.data.builtin import emoji
+from gemb.data.builtin import glyphs
 from gemb.data.tokenizer import Tokenizer
 
 NUM, BAD = 40, 7  # records; the index of the bad one (line 8: no blank lines)
@@ -26,13 +26,13 @@ NUM, BAD = 40, 7  # records; the index of the bad one (line 8: no blank lines)
 @pytest.fixture(scope="module")
 def pairs():
   """The 40 good records' images (PNG bytes) and captions: the first 40 distinct names."""
-  with open(emoji.EMOJI_TEST_PATH, encoding="utf-8") as f:
-    entries = emoji.parse_emoji_test(f.read())
+  with open(glyphs.EMOJI_TEST_PATH, encoding="utf-8") as f:
+    entries = glyphs.parse_emoji_test(f.read())
   out, names = [], set()
   for e in entries:
     if e.name not in names and len(out) < NUM:
       names.add(e.name)
-      out.append((emoji.png_bytes(emoji.canonical_rendering(emoji.render_glyph(e.chars))),
+      out.append((glyphs.png_bytes(glyphs.canonical_rendering(glyphs.render_glyph(e.chars))),
                   e.name))
   return out
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gemb.model.embedders import param
+from gemb.model.layers import param
 from gemb.model.transformer import dropout, rows
 from gemb.parallel import constrain
 

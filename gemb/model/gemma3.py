@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gemb.model.embedders import param
+from gemb.model.layers import param
 from gemb.parallel import constrain
 
 ACT_AXES = ("batch", "length", "embed")
