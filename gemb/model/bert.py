@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gemb.model.layers import param
+from gemb.model.layers import check_tensors, param, run_stacked
 from gemb.model.transformer import dropout, rows
 from gemb.parallel import constrain
 
@@ -172,22 +172,9 @@ class BertBackbone(nnx.Module):
          + self.token_type_embeddings[0].astype(dt))
     x = dropout(self.embed_norm(x), self.hidden_dropout, None if keys is None else keys[0])
     x = constrain(x, ACT_AXES)
-    graphdef, stacked = nnx.split(self.layers)
-
-    def layer(x, per_layer):
-      state, key = per_layer
-      return nnx.merge(graphdef, state)(x, mask, key), None
-
-    if self.remat_policy:
-      layer = jax.checkpoint(layer, policy=getattr(jax.checkpoint_policies, self.remat_policy),
-                             prevent_cse=not self.scan)
-    layer_keys = None if keys is None else keys[1:]
-    if self.scan:
-      x, _ = jax.lax.scan(layer, x, (stacked, layer_keys))
-    else:
-      for i in range(self.depth):
-        x, _ = layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, layer_keys)))
-    return x
+    return run_stacked(self.layers, x, None if keys is None else keys[1:],
+                       lambda block, x, key: block(x, mask, key),
+                       depth=self.depth, scan=self.scan, remat_policy=self.remat_policy)
 
 
 def _hf_layout(c):
@@ -251,15 +238,7 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], hf_config: dict) -> dict:
   unexpected = [ours[k][0] for k in ours if k not in layout]
   bad_shapes = [f"{ours[k][0]}: got {tuple(np.shape(ours[k][1]))}, expected {layout[k][0]}"
                 for k in layout if k in ours and tuple(np.shape(ours[k][1])) != layout[k][0]]
-  problems = []
-  if missing:
-    problems.append(f"missing tensors: {', '.join(missing)}")
-  if unexpected:
-    problems.append(f"unexpected tensors: {', '.join(unexpected)}")
-  if bad_shapes:
-    problems.append(f"wrong shapes: {'; '.join(bad_shapes)}")
-  if problems:
-    raise ValueError("BERT checkpoint does not match config.json: " + " | ".join(problems))
+  check_tensors("BERT checkpoint", missing, unexpected, bad_shapes)
 
   get = lambda k: np.asarray(ours[k][1], np.float32)  # noqa: E731
   stacked = {

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gemb.model.layers import param
+from gemb.model.layers import check_tensors, param
 from gemb.parallel import constrain
 
 ACT_AXES = ("batch", "length", "embed")
@@ -351,15 +351,7 @@ def params_from_hf(tensors, hf_config):
       node = node.setdefault(key, {})
     node[path[-1]] = stacked
   unexpected = sorted(n for n in tensors if n not in used and not n.endswith(IGNORED))
-  problems = []
-  if missing:
-    problems.append(f"missing tensors: {', '.join(missing)}")
-  if unexpected:
-    problems.append(f"unexpected tensors: {', '.join(unexpected)}")
-  if bad:
-    problems.append(f"shape mismatches: {'; '.join(bad)}")
-  if problems:
-    raise ValueError("Gemma 3 checkpoint does not match config.json: " + " | ".join(problems))
+  check_tensors("Gemma 3 checkpoint", missing, unexpected, bad)
   return {"embedding": embedding, "layers": layers, "final_norm": {"scale": final}}
 
 

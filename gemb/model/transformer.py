@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gemb.model.layers import layer_norm, param
+from gemb.model.layers import layer_norm, param, run_stacked
 from gemb.parallel import constrain
 
 ACT_AXES = ("batch", "length", "embed")
@@ -120,19 +120,7 @@ class Transformer(nnx.Module):
     self.norm = layer_norm(cfg.width, rngs)
 
   def __call__(self, x, mask, *, dropout_key=None):
-    graphdef, stacked = nnx.split(self.blocks)
     keys = None if dropout_key is None else jax.random.split(dropout_key, self.depth)
-
-    def layer(x, per_layer):
-      state, key = per_layer
-      return nnx.merge(graphdef, state)(x, mask, key), None
-
-    if self.remat_policy:
-      layer = jax.checkpoint(layer, policy=getattr(jax.checkpoint_policies, self.remat_policy),
-                             prevent_cse=not self.scan)
-    if self.scan:
-      x, _ = jax.lax.scan(layer, x, (stacked, keys))
-    else:
-      for i in range(self.depth):
-        x, _ = layer(x, jax.tree.map(lambda a, i=i: a[i], (stacked, keys)))
+    x = run_stacked(self.blocks, x, keys, lambda block, x, key: block(x, mask, key),
+                    depth=self.depth, scan=self.scan, remat_policy=self.remat_policy)
     return self.norm(x)
