@@ -46,6 +46,8 @@ def bundle(tmp_path_factory):
   config.model.backbone.checkpoint = with_prompts(minilm_dir(), str(tmp / "minilm"))
   config.model.modalities = ("text",)
   config.data.tasks, config.data.weights = ("wordnet_word_to_definition",), (1.0,)
+  for s in config.stages:  # a bundle's task table holds every stage's tasks too
+    s.data.tasks, s.data.weights = config.data.tasks, config.data.weights
   config.eval.tasks = ("wordnet_word_to_definition",)
   config.model.text.max_len = 256  # MiniLM's max_seq_length: no text is cut shorter than ST's
   params = nnx.to_pure_dict(nnx.state(MultimodalEmbedder(config.model, rngs=nnx.Rngs(0))))
