@@ -108,7 +108,6 @@ def _check_model(model):
 
 def validate(config):
   """Checks the whole config and every stage's resolved config; -> [Stage]."""
-  _check_model(config.model)
   stages = curriculum.resolve_stages(config)
   for stage in stages:
     where = "" if len(stages) == 1 else f".stages[{stage.index}] ({stage.name!r})"
@@ -154,6 +153,8 @@ def validate(config):
       raise _fail("", "model.embed_dim", f"{config.model.embed_dim}, but the sentence-"
                   f"transformers head of {checkpoint.path} outputs {checkpoint.output_dim} dims "
                   "(set it to that, or model.backbone.head='gemb')")
+  # After the pretrained parts' own checks, which name their keys more precisely.
+  _check_model(config.model)
   soup = config.soup
   if soup.kind == "last" and not 0 < soup.num <= config.train.keep_checkpoints:
     raise _fail("", "soup.num", f"{soup.num} must be in [1, train.keep_checkpoints="
