@@ -41,13 +41,14 @@ def image_pixels(value):
   return int(shape[0]) * int(shape[1]) if len(shape) >= 2 else 0
 
 
-def to_pil(value, max_pixels=MAX_PIXELS):
+def to_pil(value, max_pixels=None):
   """PNG / JPEG / ... bytes, a PIL image or a uint8 [H, W, 3|4] array -> RGB PIL image.
 
   Bytes of more than max_pixels pixels raise MediaError before any pixel is decoded. A PIL
   image (what Hugging Face datasets decode image columns to) is treated exactly as the bytes
-  it was decoded from, so both give the same pixels.
+  it was decoded from, so both give the same pixels. max_pixels: None = MAX_PIXELS.
   """
+  max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
   if isinstance(value, (bytes, bytearray, memoryview)):
     image = open_image(value)
     _check_pixels(image, max_pixels)
@@ -98,7 +99,7 @@ def resize_center_crop(image, size):
   return image.crop((left, top, left + size, top + size))
 
 
-def load_image(value, size, max_pixels=MAX_PIXELS):
+def load_image(value, size, max_pixels=None):
   """Raw image value -> float32 [size, size, 3] scaled to [-1, 1]."""
   image = resize_center_crop(to_pil(value, max_pixels), size)
   return np.asarray(image, np.float32) / 127.5 - 1.0
