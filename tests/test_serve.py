@@ -130,7 +130,7 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server):
       ({"inputs": [{"image": {"path": "/etc/passwd"}}]}, 400, "file paths are not accepted"),
       ({"inputs": [[{"image": image}] * 3]}, 400, "do not fit the bundle's entry points"),
       ({"inputs": [{"audio": audio, "sample_rate": -1}]}, 400, "sample_rate"),
-      ({"inputs": ["a"], "task": "nope"}, 400, r"unknown task 'nope'; known: \['k_audio'"),
+      ({"inputs": ["a"], "task": "nope"}, 400, r"unknown task 'nope'; known: \[.*'k_audio'"),
       ({"inputs": ["a"], "dim": 0}, 400, r"dim=0 is impossible: an integer in \[1, 32\]"),
       ({"inputs": ["a"], "dim": 33}, 400, r"dim=33 is impossible"),
   ]
