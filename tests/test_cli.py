@@ -8,6 +8,7 @@ must be setup.py's.
 """
 
 import ast
+import functools
 import concurrent.futures
 import importlib.metadata
 import importlib.util
@@ -22,8 +23,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@functools.lru_cache(maxsize=None)
 def setup_py_scripts():
-  """{script: "module:function"} from setup.py's console_scripts (parsed, not run)."""
+  """{script: "module:function"} from setup.py's console_scripts (parsed, not run). Parsed
+  once: run_script runs in threads, and concurrent ast.parse calls corrupt CPython 3.11.7's
+  AST recursion counter (SystemError "AST constructor recursion depth mismatch", seen here
+  once in a run of this file)."""
   tree = ast.parse(open(os.path.join(ROOT, "setup.py")).read())
   for node in ast.walk(tree):
     if isinstance(node, ast.Dict):
