@@ -22,7 +22,6 @@ CI compare what a user of the model sees. Run it again only when the reference c
 """
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -33,7 +32,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # this checkout's gemb, also when not installed
 
-from gemb.pretrained.fetch import default_dir  # noqa: E402
+from gemb.pretrained.fetch import default_dir, sha256_file  # noqa: E402
 
 OUT_DIR = os.path.join(HERE, "fixtures", "backbones")
 
@@ -144,14 +143,6 @@ def texts(name):
   return out
 
 
-def sha256(path):
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
-
-
 def reference(model_dir, texts_):
   import sentence_transformers
   import tokenizers
@@ -216,7 +207,7 @@ def main(argv=None):
   meta["num_texts"] = len(texts_)
   meta["tokens_per_text"] = attention_mask.sum(1).tolist()
   meta["model_files_sha256"] = {
-      f: sha256(os.path.join(model_dir, f)) for f in sorted(os.listdir(model_dir))
+      f: sha256_file(os.path.join(model_dir, f)) for f in sorted(os.listdir(model_dir))
       if f.endswith((".safetensors", ".json", ".model"))}
   out = args.out or os.path.join(OUT_DIR, f"{args.name}.npz")
   os.makedirs(os.path.dirname(out), exist_ok=True)
