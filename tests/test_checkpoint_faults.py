@@ -139,7 +139,24 @@ def fill(directory):
           f.write(b"\0" * block)
 
 
-def test_disk_full_during_an_async_save_on_a_real_tmpfs(tmp_path):
+def test_a_save_that_cannot_fit_is_refused_before_it_starts(tmp_path):
+  state = state_on((8, 1, 1))
+  with small_tmpfs(str(tmp_path / "disk"), 64) as disk:
+    ckpt = Checkpointer(disk, keep=3)
+    ckpt.save(1, state, data_iterator(1), {"stage_index": 0})
+    ckpt.wait()
+    fill(disk)
+    with pytest.raises(CheckpointError, match=r"saving checkpoint step 2 .* failed \(disk full\): "
+                       r"\[Errno 28\] No space left on device \(0.0 MB free\)\. .* resumes from "
+                       r"step 1"):
+      ckpt.save(2, state, data_iterator(2), {"stage_index": 0})
+    assert not os.path.exists(os.path.join(disk, "checkpoints", "2.orbax-checkpoint-tmp"))
+    ckpt.close()
+
+
+def test_disk_full_during_an_async_save_on_a_real_tmpfs(tmp_path, monkeypatch):
+  """The disk fills up after the free-space check passed: orbax's background write fails."""
+  monkeypatch.setattr(Checkpointer, "_check_free_space", lambda self: None)
   state = state_on((8, 1, 1))
   with small_tmpfs(str(tmp_path / "disk"), 64) as disk:
     ckpt = Checkpointer(disk, keep=3)

@@ -22,15 +22,18 @@ score passed to ``save`` (checkpoints saved without one count only as "latest"),
 Faults. Once a save has finished, process 0 seals it: ``<step>/gemb_sha256.json`` records
 the size and SHA-256 of every file of the checkpoint, so a truncated or deleted file and
 flipped bytes (which orbax restores silently, as wrong numbers) are found before a restore
-(``problem``). A save that fails (a full disk, say) raises ``CheckpointError`` at the next
-``poll`` / ``save`` / ``wait`` (the trainer polls every step), naming the step, the cause and
-the intact checkpoints a rerun resumes from (orbax removes the partial save's
+(``problem``). A save that would not fit on a local disk (less free space than the newest
+sealed checkpoint took) is refused before it starts; a save that fails part-way (the disk
+filled up during it, say) raises ``CheckpointError`` at the next ``poll`` / ``save`` /
+``wait`` (the trainer polls every step). Either names the step, the cause and the intact
+checkpoints a rerun resumes from (orbax removes the partial save's
 ``*.orbax-checkpoint-tmp`` at that rerun).
 """
 
 import errno
 import hashlib
 import json
+import shutil
 import threading
 
 from absl import logging
@@ -107,6 +110,7 @@ class Checkpointer:
                                    f"data iterator positions differ across processes at step "
                                    f"{step}: the processes did not read the same global batches")
     try:
+      self._check_free_space()
       saved = self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeSave(state),
           data=ocp.args.JsonSave(data_state),
@@ -119,6 +123,23 @@ class Checkpointer:
       if not self.async_save:
         self.wait()
     return saved
+
+  def _check_free_space(self):
+    """Raises ENOSPC before a save that cannot fit on a local disk: less free space than
+    the newest sealed checkpoint took. (A save that fails part-way also stops the run, but
+    orbax's writer threads then print their own stacks under gemb's message.)"""
+    if paths.is_url(self.directory):
+      return
+    for step in reversed(self.all_steps()):  # the newest sealed one (sealing runs behind)
+      try:
+        digest = json.loads((self.step_dir(step) / DIGEST_FILE).read_text())
+      except (OSError, ValueError):
+        continue
+      needed = sum(size for size, _ in digest.values())
+      free = shutil.disk_usage(self.directory).free
+      if free < needed:
+        raise OSError(errno.ENOSPC, f"No space left on device ({free / 1e6:.1f} MB free)")
+      return
 
   def poll(self):
     """Raises CheckpointError as soon as a background save has failed (and seals one that

@@ -170,44 +170,48 @@ def train_and_evaluate(config, workdir):
   soup_pins = [s.end for s in stages] if config.soup.kind == "stages" else ()
   ckpt = Checkpointer(workdir, keep=config.train.keep_checkpoints,
                       keep_best=config.train.keep_best, pinned=soup_pins)
-  # The newest intact checkpoint: corrupt newer ones are named and moved aside.
-  resumed, restored = ckpt.restore_newest_intact(
-      lambda step: (ckpt.restore_state(step, state), ckpt.restore_meta(step)["stage_index"]))
-  data_stage = None  # the stage whose data iterator the checkpoint holds
-  if resumed is not None:
-    state, data_stage = restored
-    logging.info("resumed from step %d (stage %s)", resumed, stages[data_stage].name)
-  else:  # a fresh start: pretrained parts first, then another run's params on top
-    state["params"] = load_pretrained_params(config.model, state["params"])
-    if config.init_from:
-      state["params"] = load_init_params(config.init_from, config.init_params, state["params"])
-
-  # ---- Train, stage by stage.
-  evaluator = Evaluator(workdir, setup.graphdef, mesh, tokenizer, writer)
   watch = PreemptionWatch()
-  run = RunContext(stages, setup, mesh, tokenizer, ckpt, evaluator, writer, watch)
-  last = None
-  for stage in stages:
-    if int(state["step"]) >= stage.end:
-      continue
-    restore = resumed if data_stage == stage.index else None
-    state, last = run_stage(run, stage, state, restore)
-    if watch.requested:
-      logging.warning("preempted: saved step %d; rerun the same command to resume",
-                      int(state["step"]))
-      break
-  ckpt.wait()
+  try:
+    # The newest intact checkpoint: corrupt newer ones are named and moved aside.
+    resumed, restored = ckpt.restore_newest_intact(
+        lambda step: (ckpt.restore_state(step, state), ckpt.restore_meta(step)["stage_index"]))
+    data_stage = None  # the stage whose data iterator the checkpoint holds
+    if resumed is not None:
+      state, data_stage = restored
+      logging.info("resumed from step %d (stage %s)", resumed, stages[data_stage].name)
+    else:  # a fresh start: pretrained parts first, then another run's params on top
+      state["params"] = load_pretrained_params(config.model, state["params"])
+      if config.init_from:
+        state["params"] = load_init_params(config.init_from, config.init_params, state["params"])
 
-  # ---- Final evaluation (if the last stage's did not already run) and the model soup.
-  if not watch.requested:
-    final = stages[-1]
-    if last is None:
-      last, _ = evaluator(final.config, final.end, final.name, trainable.effective(state))
-    if config.soup.kind != "none" and final.config.eval.tasks:
-      soup_and_compare(config, stages, ckpt, state["params"], evaluator, workdir)
-  writer.close()
-  ckpt.close()
-  watch.restore()
+    # ---- Train, stage by stage.
+    evaluator = Evaluator(workdir, setup.graphdef, mesh, tokenizer, writer)
+    run = RunContext(stages, setup, mesh, tokenizer, ckpt, evaluator, writer, watch)
+    last = None
+    for stage in stages:
+      if int(state["step"]) >= stage.end:
+        continue
+      restore = resumed if data_stage == stage.index else None
+      state, last = run_stage(run, stage, state, restore)
+      if watch.requested:
+        logging.warning("preempted: saved step %d; rerun the same command to resume",
+                        int(state["step"]))
+        break
+    ckpt.wait()
+
+    # ---- Final evaluation (if the last stage's did not already run) and the model soup.
+    if not watch.requested:
+      final = stages[-1]
+      if last is None:
+        last, _ = evaluator(final.config, final.end, final.name, trainable.effective(state))
+      if config.soup.kind != "none" and final.config.eval.tasks:
+        soup_and_compare(config, stages, ckpt, state["params"], evaluator, workdir)
+  finally:
+    # Also when the run stops on an error: orbax's save threads must end before the
+    # interpreter does, or they print "Event loop is closed" stacks under the one message.
+    writer.close()
+    ckpt.close()
+    watch.restore()
   return last
 
 
