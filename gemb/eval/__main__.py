@@ -1,11 +1,12 @@
 """Evaluate a run's checkpoint: python -m gemb.eval --workdir=DIR [--step=N] [--tasks=a,b]
-[--dims=64,128] [--batch_size=256].
+[--dims=64,128] [--batch_size=256] [--max_records=N].
 
 Restores the params of DIR/checkpoints/<N> (latest by default) onto the config's mesh,
 evaluates every task (retrieval and zero-shot classification; built-in or from
 config.data.custom_tasks) at every dim, and compares with two baselines: chance and the
-untrained model (random init with the config's seed). Writes DIR/eval/step_<N>.json (the
-trainer's format, plus the random-init results under "baseline"), step_<N>.md (tables,
+run's start (random init with the config's seed, with the pretrained backbone, towers and
+init_from params the run started from). Writes DIR/eval/step_<N>.json (the trainer's
+format, plus the start's results under "baseline"), step_<N>.md (tables,
 encode throughput), step_<N>.png (R@1 / accuracy vs dim) and TensorBoard scalars
 eval/<task>/<metric>@<dim>; prints the markdown.
 """
@@ -17,33 +18,20 @@ from absl import app, flags
 from gemb.run.workdir import checkpoint_steps, load_config, tokenizer_path
 
 
-def _by_dim_table(trained, random_init, dims):
-  from gemb.eval.report import headline_metric
-  head = ["task", "metric"] + [f"@{d} trained / random" for d in dims] + ["chance"]
-  lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(dims) + 1)]
-  for task in sorted(trained):
-    metric = headline_metric(trained[task])
-    cells = [f"{trained[task]['by_dim'][str(d)][metric]:.4f} / "
-             f"{random_init[task]['by_dim'][str(d)][metric]:.4f}" for d in dims]
-    chance = trained[task].get(f"chance_{metric}", float("nan"))
-    lines.append(f"| {task} | {metric} | " + " | ".join(cells) + f" | {chance:.4f} |")
-  return "\n".join(lines) + "\n"
-
-
-def markdown_report(step, seed, dims, trained, random_init):
-  from gemb.eval.report import encode_tables, markdown_table
+def markdown_report(step, dims, trained, start, start_name):
+  from gemb.eval.report import encode_tables, markdown_table, versus_table
   return (f"# Eval at step {step}\n\ndims: {', '.join(map(str, dims))} "
           f"(top-level metrics at dim {max(dims)})\n\n"
           f"## Trained (step {step})\n\n{markdown_table(trained)}\n"
-          f"## Random init (step 0, seed {seed})\n\n{markdown_table(random_init)}\n"
+          f"## The start: {start_name}\n\n{markdown_table(start)}\n"
           f"## R@1 (retrieval) / accuracy (classification) by dim\n\n"
-          f"{_by_dim_table(trained, random_init, dims)}\n"
+          f"{versus_table(trained, start, 'start', dims)}\n"
           f"## Encode throughput (trained model, items/s, without compilation)\n\n"
           f"{encode_tables(trained)}")
 
 
-def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
-  """Evaluates DIR's checkpoint; returns (trained results, random-init results, paths)."""
+def run(workdir, step=None, tasks=None, dims=None, batch_size=None, max_records=None):
+  """Evaluates DIR's checkpoint; returns (trained results, the start's results, paths)."""
   workdir = os.path.abspath(workdir)
   config = load_config(workdir)
 
@@ -58,6 +46,10 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
   from gemb.eval.tasks import check_batch_size, check_dims
   mesh = parallel.make_mesh(config.mesh)
   batch_size = config.eval.batch_size if batch_size is None else batch_size
+  if max_records is not None:
+    if max_records < 0:
+      raise app.UsageError(f"--max_records={max_records}: must be >= 0 (0 = every record)")
+    config.eval.max_records = max_records  # (runs written before it existed lack the key)
   try:
     dims = check_dims(dims or config.eval.dims, config.model.embed_dim)
     check_batch_size(batch_size, mesh)
@@ -75,12 +67,13 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
   from gemb.eval.plot import plot_by_dim
   from gemb.eval.tasks import evaluate_dims, load_tasks
   from gemb.run.checkpoint import Checkpointer
+  from gemb.run.init_params import describe_start, starting_params
   from gemb.run.state import create_train_state
   from gemb.run.summary import SummaryWriter
 
   ckpt = Checkpointer(workdir, async_save=False)
   try:
-    # ---- Random init (the config's seed) is the restore target; restore the trained params.
+    # ---- A fresh model (the config's seed) is the restore target; restore the trained params.
     setup, init_state = create_train_state(config, mesh)
     graphdef = setup.graphdef
     step, (params, stage) = _restore_intact(
@@ -92,7 +85,10 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
 
   corpora = load_tasks(config, tokenizers.load(tokenizer), names)
   trained = evaluate_dims(graphdef, params, mesh, corpora, dims, batch_size)
-  random_init = evaluate_dims(graphdef, init_state["params"], mesh, corpora, dims, batch_size)
+  # The baseline: what training started from (random init, or pretrained parts on it).
+  start_name = describe_start(config)
+  start = evaluate_dims(graphdef, starting_params(config, init_state["params"]), mesh, corpora,
+                        dims, batch_size)
 
   # ---- Outputs: JSON (trainer format), markdown, plot, TensorBoard.
   import jax
@@ -100,19 +96,19 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None):
   if jax.process_index() == 0:
     paths["json"] = report.write_eval_json(
         workdir, step, stage, trained,
-        baseline={"model": "random_init", "seed": config.seed, "tasks": random_init})
+        baseline={"model": start_name, "seed": config.seed, "tasks": start})
     base = paths["json"][:-len(".json")]
-    markdown = markdown_report(step, config.seed, dims, trained, random_init)
+    markdown = markdown_report(step, dims, trained, start, start_name)
     with open(base + ".md", "w") as f:
       f.write(markdown)
     paths["md"] = base + ".md"
-    paths["png"] = plot_by_dim(base + ".png", trained, random_init,
-                               title=f"step {step}: quality (x chance) vs dim (dashed: random init, "
+    paths["png"] = plot_by_dim(base + ".png", trained, start,
+                               title=f"step {step}: quality (x chance) vs dim (dashed: the start, "
                                      "dotted: chance)")
     with SummaryWriter(os.path.join(workdir, "tensorboard")) as writer:
       writer.scalars(step, report.eval_scalars(trained))
     print(markdown)
-  return trained, random_init, paths
+  return trained, start, paths
 
 
 def _restore_intact(ckpt, workdir, step, explicit, restore):
@@ -147,7 +143,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  run(f.workdir, step=f.step, tasks=f.tasks, dims=_int_list(f.dims), batch_size=f.batch_size)
+  run(f.workdir, step=f.step, tasks=f.tasks, dims=_int_list(f.dims), batch_size=f.batch_size,
+      max_records=f.max_records)
 
 
 if __name__ == "__main__":
@@ -158,5 +155,7 @@ if __name__ == "__main__":
   flags.DEFINE_list("tasks", None, "Tasks to evaluate (default: config.eval.tasks).")
   flags.DEFINE_list("dims", None, "Matryoshka dims (default: config.eval.dims).")
   flags.DEFINE_integer("batch_size", None, "Eval batch size (default: config.eval.batch_size).")
+  flags.DEFINE_integer("max_records", None, "Records per task's eval split, a fixed sample (0 = "
+                       "all; default: config.eval.max_records).")
   flags.mark_flags_as_required(["workdir"])
   app.run(main)

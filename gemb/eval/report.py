@@ -15,7 +15,7 @@ DESIGN.md:
                                        "balanced_accuracy": f, "num_queries": n,
                                        "num_candidates": <classes>, "chance_accuracy": f,
                                        "by_dim": {...}, "encode": {...}}},
-   "baseline": {"model": "random_init", "seed": 0, "tasks": {<the same format>}}}
+   "baseline": {"model": "<what the run started from>", "seed": 0, "tasks": {<the same format>}}}
 
 "by_dim" (optional) holds the quality metrics (all but counts and chance levels) at each
 evaluated Matryoshka output size; the top-level values are those of the largest size.
@@ -23,8 +23,11 @@ Metric values are fractions in [0, 1]; keys starting with "num_" are counts; "ch
 is the expected value of metric m for a random ranking; "num_skipped_records" (optional) is
 how many bad records of the eval split data.on_bad_record=skip left out. "encode" (optional) is the
 throughput of embedding each side (for classification the candidates are the class
-prompts), timed without compilation. "baseline" (optional; written by `python -m
-gemb.eval`, not by the trainer) holds the same tasks evaluated with an untrained model.
+prompts), timed without compilation. "baseline" (optional) holds the same tasks evaluated
+with the params the run started from ("model" names them: "random_init", or the pretrained
+backbone and towers): `python -m gemb.eval` always writes it; the trainer does when the
+run starts from a pretrained backbone or init_from (config.eval.baseline), and writes the
+start's own results to eval/baseline_<stage>.json.
 Writes are atomic (a temp file in the same directory, then a rename), so a reader polling
 the directory or a job killed mid-write never sees a truncated file.
 """
@@ -232,6 +235,28 @@ def markdown_table(tasks):
     tables.append(_table(["task"] + columns, [[task] + [fmt(group[task].get(c)) for c in columns]
                                               for task in sorted(group)]))
   return "\n".join(tables)
+
+
+def versus_table(tasks, other, other_name, dims=None):
+  """Markdown: each task's headline metric (R@1, or accuracy for classification) next to
+  ``other``'s on the same task (a baseline, say), at the top-level dim or at each of
+  ``dims``, and the change at the top-level dim; tasks ``other`` lacks are left out."""
+  tasks, other = _clean_tasks(tasks), _clean_tasks(other)
+  columns = [None] if dims is None else [str(d) for d in dims]
+  value = lambda values, metric, dim: (values if dim is None  # noqa: E731
+                                       else values["by_dim"][dim])[metric]
+  head = (["task", "metric"] + [("" if d is None else f"@{d} ") + f"trained / {other_name}"
+                                for d in columns] + ["change"])
+  rows, changes = [], []
+  for task in sorted(set(tasks) & set(other)):
+    metric = headline_metric(tasks[task])
+    changes.append(tasks[task][metric] - other[task][metric])
+    rows.append([task, metric] + [f"{value(tasks[task], metric, d):.4f} / "
+                                  f"{value(other[task], metric, d):.4f}" for d in columns]
+                + [f"{changes[-1]:+.4f}"])
+  if rows:
+    rows.append(["**mean**", ""] + [""] * len(columns) + [f"{sum(changes) / len(changes):+.4f}"])
+  return _table(head, rows)
 
 
 def encode_tables(tasks):

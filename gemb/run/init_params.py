@@ -1,5 +1,6 @@
-"""A fresh run's parameters from elsewhere: ``init_from`` another run, and pretrained towers
-(a Whisper audio encoder, an EfficientNet-Lite0 image encoder) copied into a fresh model.
+"""A fresh run's parameters from elsewhere: ``init_from`` another run, pretrained towers
+(a Whisper audio encoder, an EfficientNet-Lite0 image encoder) and a pretrained backbone
+copied into a fresh model; together, the params a run starts from (``starting_params``).
 """
 
 import re
@@ -85,3 +86,35 @@ def _nest(flat):
       node = node.setdefault(k, {})
     node[keys[-1]] = x
   return tree
+
+
+def starting_params(config, params):
+  """What a fresh run of ``config`` starts from: ``params`` (a fresh model's) with the
+  pretrained parts, then ``init_from``'s params on top."""
+  params = load_pretrained_params(config.model, params)
+  if config.init_from:
+    params = load_init_params(config.init_from, config.init_params, params)
+  return params
+
+
+def describe_start(config):
+  """A name for ``starting_params(config, ...)``: "random_init" when nothing is pretrained,
+  else what is ("backbone /path/of/all-minilm-l6-v2 + pretrained efficientnet_lite0,
+  whisper, the rest random")."""
+  m, parts = config.model, []
+  checkpoint = backbone.resolve(m)
+  if checkpoint is not None:
+    parts.append(f"backbone {checkpoint.path}")
+  towers = [name for modality, name in (("image", "efficientnet_lite0"), ("audio", "whisper"))
+            if modality in m.modalities and encoder_name(m[modality]) == name]
+  if towers:
+    parts.append("pretrained " + ", ".join(towers))
+  if config.init_from:
+    parts.append(f"init_from {config.init_from} ({config.init_params})")
+  return " + ".join(parts) + ", the rest random" if parts else "random_init"
+
+
+def starts_pretrained(config):
+  """Whether the shared transformer starts from trained weights (a backbone or init_from):
+  then the start is a baseline worth evaluating (config.eval.baseline)."""
+  return backbone.resolve(config.model) is not None or bool(config.init_from)

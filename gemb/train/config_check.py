@@ -73,6 +73,9 @@ def _check_section_values(config, where):
                   f"[1, model.embed_dim={embed_dim}]")
   if config.eval.every < 0:
     raise _fail(where, "eval.every", f"must be >= 0, got {config.eval.every}")
+  if config.eval.get("max_records", 0) < 0:
+    raise _fail(where, "eval.max_records", f"must be >= 0 (0 = every record), got "
+                f"{config.eval.max_records}")
   try:
     train_tasks = get_tasks(config, tuple(config.data.tasks))
     get_tasks(config, tuple(config.eval.tasks))

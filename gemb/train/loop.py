@@ -25,7 +25,7 @@ from gemb.eval import report
 from gemb.eval.tasks import evaluate_dims, load_tasks
 from gemb.model import backbone
 from gemb.run.checkpoint import Checkpointer
-from gemb.run.init_params import load_init_params, load_pretrained_params
+from gemb.run.init_params import describe_start, starting_params, starts_pretrained
 from gemb.run.optimizer import make_optimizer
 from gemb.run.state import Trainable, TrainSetup, create_train_state
 from gemb.run.summary import SummaryWriter
@@ -90,6 +90,11 @@ CORPUS_SETTINGS = ("instructions", "builtin_config", "data_dir", "on_bad_record"
                    "max_text_chars", "max_audio_seconds", "max_video_frames")
 
 
+def _corpus_setting(config):
+  return (tuple(config.data[k] for k in CORPUS_SETTINGS)
+          + (config.eval.get("max_records", 0),))
+
+
 class Evaluator:
   """Evaluates a stage's eval tasks at every configured dim, on the stage's own inputs;
   caches each corpus across stages that build it the same way."""
@@ -97,9 +102,10 @@ class Evaluator:
   def __init__(self, workdir, graphdef, mesh, tokenizer, writer):
     self.workdir, self.graphdef, self.mesh = workdir, graphdef, mesh
     self.tokenizer, self.writer, self.corpora = tokenizer, writer, {}
+    self.baselines = {}  # stage name -> the "baseline" entry of its eval reports
 
   def corpora_for(self, config):
-    setting = tuple(config.data[k] for k in CORPUS_SETTINGS)
+    setting = _corpus_setting(config)
     keys = {t: (t, setting) for t in config.eval.tasks}
     missing = [t for t, key in keys.items() if key not in self.corpora]
     if missing:
@@ -122,17 +128,50 @@ class Evaluator:
       self.publish(step, stage_name, results, score, name=name)
     return results, score
 
+  def baselines_of_start(self, stages, start_params, model_name, seed):
+    """The eval tasks of every stage evaluated with the params the run starts from (once per
+    distinct corpus), written to eval/baseline_<stage>.json and listed under "baseline" in
+    each of that stage's reports. ``start_params`` None (a resumed run): read back."""
+    done = {}  # corpus setting -> tasks
+    for stage in stages:
+      config = stage.config
+      if not config.eval.tasks:
+        continue
+      name = f"baseline_{stage.name}"
+      path = paths.Path(self.workdir) / "eval" / f"{name}.json"
+      if start_params is None:
+        if path.exists():
+          self.baselines[stage.name] = report.read_eval_json(path)["baseline"]
+        continue
+      key = (_corpus_setting(config), tuple(config.eval.tasks), tuple(config.eval.dims))
+      if key not in done:
+        logging.info("baseline: evaluating the start (%s) on stage %r's eval tasks",
+                     model_name, stage.name)
+        done[key], _ = self(config, 0, stage.name, start_params, publish=False)
+      baseline = {"model": model_name, "seed": seed, "tasks": done[key]}
+      self.baselines[stage.name] = baseline
+      if jax.process_index() == 0:
+        report.write_eval_json(self.workdir, 0, stage.name, done[key], baseline=baseline,
+                               name=name)
+    if stages[-1].name in self.baselines:  # the soup is evaluated as the last stage is
+      self.baselines["soup"] = self.baselines[stages[-1].name]
+
   def publish(self, step, stage_name, results, score, *, name=None):
-    """TensorBoard scalars (not for a named eval, e.g. the soup) and eval/<...>.json."""
+    """TensorBoard scalars (not for a named eval, e.g. the soup) and eval/<...>.json (with
+    the stage's baseline, if any)."""
     if results is None:
       return
     if name is None:
       self.writer.scalars(step, report.eval_scalars(results)
                           | ({} if score is None else {"eval/score": score}))
     if jax.process_index() == 0:
-      path = report.write_eval_json(self.workdir, step, stage_name, results, name=name)
-      logging.info("eval (%s) at step %d -> %s\n%s", stage_name, step, path,
-                   report.markdown_table(results))
+      baseline = self.baselines.get(stage_name)
+      path = report.write_eval_json(self.workdir, step, stage_name, results, name=name,
+                                    baseline=baseline)
+      versus = ("" if baseline is None else f"\nvs the start ({baseline['model']}):\n" +
+                report.versus_table(results, baseline["tasks"], "start"))
+      logging.info("eval (%s) at step %d -> %s\n%s%s", stage_name, step, path,
+                   report.markdown_table(results), versus)
 
 
 def train_and_evaluate(config, workdir):
@@ -180,12 +219,14 @@ def train_and_evaluate(config, workdir):
       state, data_stage = restored
       logging.info("resumed from step %d (stage %s)", resumed, stages[data_stage].name)
     else:  # a fresh start: pretrained parts first, then another run's params on top
-      state["params"] = load_pretrained_params(config.model, state["params"])
-      if config.init_from:
-        state["params"] = load_init_params(config.init_from, config.init_params, state["params"])
+      state["params"] = starting_params(config, state["params"])
 
-    # ---- Train, stage by stage.
+    # ---- The start as a baseline (a pretrained backbone's zero-shot scores), then train,
+    # stage by stage.
     evaluator = Evaluator(workdir, setup.graphdef, mesh, tokenizer, writer)
+    if config.eval.baseline and starts_pretrained(config):
+      evaluator.baselines_of_start(stages, trainable.effective(state) if resumed is None
+                                   else None, describe_start(config), config.seed)
     run = RunContext(stages, setup, mesh, tokenizer, ckpt, evaluator, writer, watch)
     last = None
     for stage in stages:

@@ -47,15 +47,26 @@ def soup_and_compare(config, stages, ckpt, params_like, evaluator, workdir):
   if best is None or jax.process_index() != 0:
     return soup_results
   metric = final.config.train.best_metric
+  # The run's start, when it was evaluated (a pretrained backbone: config.eval.baseline).
+  start = (evaluator.baselines.get("soup") or {}).get("tasks", {})
   lines = [f"# Soup of steps {steps} vs best checkpoint (step {best_step}), {metric}", "",
-           f"| task | best (step {best_step}) | soup | soup - best |", "|---|---:|---:|---:|"]
-  for task in final.config.eval.tasks:
+           f"| task | best (step {best_step}) | soup | soup - best |"
+           + (" start | soup - start |" if start else ""),
+           "|---|---:|---:|---:|" + ("---:|---:|" if start else "")]
+  tasks = final.config.eval.tasks
+  for task in tasks:
     key = metric if metric in best[task] else "accuracy"  # zero-shot classification tasks
     b, s = best[task][key], soup_results[task][key]
-    lines.append(f"| {task} ({key}) | {b:.4f} | {s:.4f} | {s - b:+.4f} |")
-  best_score = np.mean(report.metric_values({t: best[t] for t in final.config.eval.tasks}, metric))
-  lines.append(f"| **mean** | {best_score:.4f} | {soup_score:.4f} | "
-               f"{soup_score - best_score:+.4f} |")
+    row = f"| {task} ({key}) | {b:.4f} | {s:.4f} | {s - b:+.4f} |"
+    if start:
+      row += f" {start[task][key]:.4f} | {s - start[task][key]:+.4f} |"
+    lines.append(row)
+  best_score = np.mean(report.metric_values({t: best[t] for t in tasks}, metric))
+  row = f"| **mean** | {best_score:.4f} | {soup_score:.4f} | {soup_score - best_score:+.4f} |"
+  if start:
+    start_score = np.mean(report.metric_values({t: start[t] for t in tasks}, metric))
+    row += f" {start_score:.4f} | {soup_score - start_score:+.4f} |"
+  lines.append(row)
   text = "\n".join(lines) + "\n"
   (paths.Path(workdir) / "eval" / "soup_vs_best.md").write_text(text)
   logging.info("model soup:\n%s", text)
