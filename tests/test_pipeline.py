@@ -239,6 +239,29 @@ def test_retrieval_corpus_dedupes_and_relates_by_id(memory_sources, tokenizer):
       corpus["candidate_ids"].tolist()
 
 
+def test_eval_max_records_is_one_fixed_sample_of_the_split(memory_sources, tokenizer):
+  c = config()
+  c.eval.max_records = 12
+  picked = pipeline.eval_records(c, 40)
+  assert len(picked) == 12 and list(picked) == sorted(set(picked.tolist()))
+  np.testing.assert_array_equal(picked, pipeline.eval_records(c, 40))  # every run, every model
+  c.eval.max_records = 0
+  np.testing.assert_array_equal(pipeline.eval_records(c, 40), np.arange(40))
+  c.eval.max_records = 12
+  corpus = pipeline.retrieval_corpus(c, TEXT_TASK, tokenizer, "test")
+  # The corpus is that of the 12 records alone: their captions, their labels, their pairs.
+  records = [memory_sources[i] for i in picked]
+  assert corpus["candidate_ids"].tolist() == sorted(r["item_id"] for r in records)
+  assert corpus["query_ids"].tolist() == sorted({r["label_id"] for r in records})
+  for qi, q in enumerate(corpus["query_ids"]):
+    relevant = {int(corpus["candidate_ids"][j]) for j in corpus["qrels"][qi]}
+    assert relevant == {r["item_id"] for r in records if r["label_id"] == q}
+  labels = pipeline.classification_corpus(c, pipeline.ClassificationSpec(
+      name="mem_caption_class", dataset="memory", query=("text:caption",), label="label",
+      templates=("{}",)), tokenizer, "test")["labels"]
+  assert len(labels) == 12
+
+
 def test_emoji_task_end_to_end(emoji_data_dir):
   c = tiny.get_config()
   c.data.data_dir = emoji_data_dir

@@ -195,3 +195,40 @@ def test_top_k_never_builds_the_full_score_matrix():
   hlo = retrieval._top_k_single.lower(q, c, k=5, block=10).compile().as_text()
   assert "f32[8,10]" in hlo  # One block of scores...
   assert "f32[8,1000]" not in hlo and "f32[1000,8]" not in hlo  # ...never all of them.
+
+
+def test_encode_cuts_text_padding_and_keeps_the_embeddings(devices):
+  """Texts of 2..60 tokens in 64-token slots, before an image: batched shortest first with
+  the text cut to 16 / 32 / 48 / 64 tokens, the model's embeddings equal those of the full
+  padded batches (positions count valid tokens only) and come back in the side's order."""
+  from configs import tiny
+  from gemb import batch as batch_format
+  from gemb import parallel
+  from gemb.eval.tasks import make_embed_fn
+  from gemb.run.state import create_train_state
+  c = tiny.get_config()
+  c.model.text.max_len = 64
+  c.mesh = dict(data=1, fsdp=1, tensor=1)
+  mesh = parallel.make_mesh(c.mesh, devices=devices[:1])
+  setup, state = create_train_state(c, mesh)
+  embed = make_embed_fn(setup.graphdef, state["params"], mesh, 8)
+  rng = np.random.default_rng(0)
+  n = 20
+  lengths = rng.integers(2, 61, n)
+  text = np.zeros((n, 1, 64), np.int32)
+  for i, length in enumerate(lengths):
+    text[i, 0, :length] = rng.integers(3, 1000, length)
+  side = {"layout": np.tile(np.int32([batch_format.TEXT, batch_format.IMAGE]), (n, 1)),
+          "text": text, "image": rng.uniform(-1, 1, (n, 1, 32, 32, 3)).astype(np.float32)}
+  shapes = []
+
+  def recording(batch):
+    shapes.append(batch["text"].shape[-1])
+    return embed(batch)
+
+  cut = retrieval.encode(recording, side, batch_size=8)
+  assert shapes == sorted(shapes) and shapes[0] < 64  # shortest first, padding cut
+  rows = [np.arange(0, 8), np.arange(8, 16), np.int32([16, 17, 18, 19] * 2)]
+  full = np.concatenate([np.asarray(embed(jax.tree.map(lambda x: x[r], side)))
+                         for r in rows])[:n]
+  np.testing.assert_allclose(cut, full, atol=2e-5, rtol=0)

@@ -2,7 +2,8 @@
 [--dims=64,128] [--batch_size=256] [--max_records=N].
 
 Restores the params of DIR/checkpoints/<N> (latest by default) onto the config's mesh,
-evaluates every task (retrieval and zero-shot classification; built-in or from
+builds each task's corpus as the stage that saved the checkpoint did (its data settings,
+e.g. task instructions on in a finetune stage), evaluates every task (retrieval and zero-shot classification; built-in or from
 config.data.custom_tasks) at every dim, and compares with two baselines: chance and the
 run's start (random init with the config's seed, with the pretrained backbone, towers and
 init_from params the run started from). Writes DIR/eval/step_<N>.json (the trainer's
@@ -15,7 +16,7 @@ import os
 
 from absl import app, flags
 
-from gemb.run.workdir import checkpoint_steps, load_config, tokenizer_path
+from gemb.run.workdir import checkpoint_steps, config_from_json, load_config, tokenizer_path
 
 
 def markdown_report(step, dims, trained, start, start_name):
@@ -46,10 +47,8 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None, max_records=
   from gemb.eval.tasks import check_batch_size, check_dims
   mesh = parallel.make_mesh(config.mesh)
   batch_size = config.eval.batch_size if batch_size is None else batch_size
-  if max_records is not None:
-    if max_records < 0:
-      raise app.UsageError(f"--max_records={max_records}: must be >= 0 (0 = every record)")
-    config.eval.max_records = max_records  # (runs written before it existed lack the key)
+  if max_records is not None and max_records < 0:
+    raise app.UsageError(f"--max_records={max_records}: must be >= 0 (0 = every record)")
   try:
     dims = check_dims(dims or config.eval.dims, config.model.embed_dim)
     check_batch_size(batch_size, mesh)
@@ -76,14 +75,19 @@ def run(workdir, step=None, tasks=None, dims=None, batch_size=None, max_records=
     # ---- A fresh model (the config's seed) is the restore target; restore the trained params.
     setup, init_state = create_train_state(config, mesh)
     graphdef = setup.graphdef
-    step, (params, stage) = _restore_intact(
+    step, (params, meta) = _restore_intact(
         ckpt, workdir, step, explicit,
-        lambda s: (ckpt.restore_params(s, init_state["params"]),
-                   ckpt.restore_meta(s).get("stage", "")))
+        lambda s: (ckpt.restore_params(s, init_state["params"]), ckpt.restore_meta(s)))
   finally:
     ckpt.close()
 
-  corpora = load_tasks(config, tokenizers.load(tokenizer), names)
+  # The corpora are built as the stage that saved the checkpoint built its own (its data
+  # settings: with or without task instructions, ...), so the numbers are the trainer's.
+  stage = meta.get("stage", "")
+  corpus_config = config_from_json(meta["config"]) if meta.get("config") else config
+  if max_records is not None:
+    corpus_config.eval.max_records = max_records  # (runs before it existed lack the key)
+  corpora = load_tasks(corpus_config, tokenizers.load(tokenizer), names)
   trained = evaluate_dims(graphdef, params, mesh, corpora, dims, batch_size)
   # The baseline: what training started from (random init, or pretrained parts on it).
   start_name = describe_start(config)

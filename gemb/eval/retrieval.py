@@ -160,10 +160,13 @@ def encode(embed_fn, side, batch_size):
 
   Args:
     embed_fn: side batch (dict of arrays with leading dim batch_size) -> [batch_size, D];
-      should be jitted: every call gets the same shapes, so it compiles once.
+      should be jitted: calls get the same shapes but for the text length (a multiple of
+      TEXT_BUCKET), so it compiles once per text length met.
     side: dict (or any pytree) of numpy arrays with a common leading dim n.
     batch_size: examples per call. The last batch is padded by repeating the last example,
-      and the padding rows are dropped from the result.
+      and the padding rows are dropped from the result. A side with text is batched
+      shortest texts first, each batch's text cut to its longest text (see
+      _by_text_length); the result is in the side's order.
 
   The batches depend only on (side, batch_size), so processes holding the same side call
   embed_fn with the same global batches in the same order: a multi-process embed_fn
@@ -186,16 +189,46 @@ def encode(embed_fn, side, batch_size):
       or batch_size < 1:
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
   side = jax.tree.map(np.asarray, side)
+  order, extent = _by_text_length(side, n)
   outputs = []
   for start in range(0, n, batch_size):
-    rows = np.minimum(np.arange(start, start + batch_size), n - 1)
+    rows = order[np.minimum(np.arange(start, start + batch_size), n - 1)]
+    batch = jax.tree.map(lambda x: x[rows], side)
+    if extent is not None:  # text padding past the batch's longest text changes nothing
+      batch["text"] = batch["text"][..., :_bucket(extent[rows].max(), side["text"].shape[-1])]
     # Dispatch every batch before reading any result back, so host and device overlap.
-    outputs.append(embed_fn(jax.tree.map(lambda x: x[rows], side)))
+    outputs.append(embed_fn(batch))
   outputs = [np.asarray(o) for o in outputs]
   for o in outputs:
     if o.ndim != 2 or o.shape[0] != batch_size:
       raise ValueError(f"embed_fn must return [batch_size={batch_size}, D], got {o.shape}")
-  return np.concatenate(outputs)[:n]
+  embeddings = np.concatenate(outputs)[:n]
+  unsorted = np.empty_like(embeddings)
+  unsorted[order] = embeddings
+  return unsorted
+
+
+TEXT_BUCKET = 16  # eval batches cut text padding to a multiple of this many tokens
+
+
+def _by_text_length(side, n):
+  """(row order, text extent per row): a side with text is embedded shortest texts first,
+  each batch's text cut after its longest one (rounded up to TEXT_BUCKET tokens: a few
+  shapes to compile), which pads never change (gemb/batch.py) and which saves most of a
+  text encoder's work on short texts (names, titles, definitions). The order depends only
+  on the side, so every process of a multi-process eval forms the same batches."""
+  text = side.get("text") if isinstance(side, dict) else None
+  if text is None or text.ndim != 3 or text.shape[-1] <= TEXT_BUCKET:
+    return np.arange(n), None
+  nonpad = text != 0  # batch.py: 0 pads text
+  # The end of each row's last token over its slots (ids are left-aligned in their slot).
+  extent = np.where(nonpad.any(-1), text.shape[-1] - np.argmax(nonpad[..., ::-1], -1), 0)
+  extent = extent.max(-1)
+  return np.argsort(extent, kind="stable"), extent
+
+
+def _bucket(length, limit):
+  return int(min(limit, max(TEXT_BUCKET, -(-length // TEXT_BUCKET) * TEXT_BUCKET)))
 
 
 def retrieval_metrics(query_emb, cand_emb, qrels, ks=RECALL_KS, *, mesh=None,

@@ -1,11 +1,18 @@
 """The optimizer: AdamW with linear warmup + cosine decay and global-norm clipping.
 
 Weight decay applies to matrices only (ndim >= 2): norms, biases and the scalar
-temperature / bias of the contrastive loss are not decayed.
+temperature / bias of the contrastive loss are not decayed. ``fast_params`` (a regex
+searched in each parameter's path) names parameters whose updates are ``fast_lr_multiplier``
+times larger: new input projections next to a pretrained backbone learn at 1e-3 while the
+backbone moves at 5e-5 (configs/default.py).
 """
+
+import re
 
 import jax
 import optax
+
+from gemb.trees import param_path
 
 
 def learning_rate_schedule(cfg, total_steps):
@@ -21,10 +28,25 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def scale_matching(pattern, multiplier):
+  """Multiplies the updates of the parameters whose path matches ``pattern`` ("" = none).
+  Stateless, so stages that differ in it share one optimizer state."""
+  regex = re.compile(pattern) if pattern else None
+
+  def update(updates, state, params=None):
+    del params
+    if regex is None or multiplier == 1.0:
+      return updates, state
+    return jax.tree_util.tree_map_with_path(
+        lambda path, u: u * multiplier if regex.search(param_path(path)) else u, updates), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(cfg, schedule):
   """AdamW + clipping with ``cfg``'s hyper-parameters and a learning rate ``schedule(step)``
   (gemb.run.curriculum.learning_rate: one schedule over all stages)."""
   return optax.chain(
       optax.clip_by_global_norm(cfg.grad_clip_norm) if cfg.grad_clip_norm else optax.identity(),
       optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                  mask=decay_mask))
+                  mask=decay_mask),
+      scale_matching(cfg.get("fast_params", ""), float(cfg.get("fast_lr_multiplier", 1.0))))

@@ -10,6 +10,7 @@ names, Matryoshka dims that the model cannot produce, and batches that the mesh 
 """
 
 import os
+import re
 
 from flax import nnx
 
@@ -73,6 +74,14 @@ def _check_section_values(config, where):
                   f"[1, model.embed_dim={embed_dim}]")
   if config.eval.every < 0:
     raise _fail(where, "eval.every", f"must be >= 0, got {config.eval.every}")
+  fast = config.optimizer.get("fast_params", "")
+  try:
+    re.compile(fast)
+  except re.error as e:
+    raise _fail(where, "optimizer.fast_params", f"{fast!r} is not a regex: {e}") from None
+  if config.optimizer.get("fast_lr_multiplier", 1.0) <= 0:
+    raise _fail(where, "optimizer.fast_lr_multiplier",
+                f"must be > 0, got {config.optimizer.fast_lr_multiplier}")
   if config.eval.get("max_records", 0) < 0:
     raise _fail(where, "eval.max_records", f"must be >= 0 (0 = every record), got "
                 f"{config.eval.max_records}")
