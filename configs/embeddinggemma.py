@@ -27,15 +27,14 @@ Variants:
 
 from ml_collections import config_dict
 
-from configs.common import base_config, model_config, pretrained_dir, stage
+from configs.common import (NEW_INPUT_PARAMS, PRETRAINED_ENCODERS, base_config, model_config,
+                            pretrained_dir, stage)
 from gemb.data import sources
 
 ALIGN_TASKS = ("clipart_image_to_title", "clipart_keywords_to_image",
                "composed_image_text_to_image", "emoji_image_to_name", "speech_audio_to_text",
                "speech_real_audio_to_text", "video_video_to_text", "video_narrated_to_text",
                "wiki_speech_to_extract")
-FROZEN = r"^(audio/whisper|image/efficientnet)/"
-BACKBONE = r"^(encoder|dense)/"
 # The CPU variant's tasks: the text tasks EmbeddingGemma already knows (held out: their test
 # splits), and a few multimodal ones it learns from zero.
 CPU_TEXT_TASKS = ("code_code_to_docstring", "code_docstring_to_code",
@@ -84,18 +83,20 @@ def get_config(arg=None):
   c = base_config(
       model, tasks=train_tasks, eval_tasks=eval_tasks,
       stages=[
-          # The new inputs learn to speak to EmbeddingGemma, which stays as it is (with LoRA:
-          # its adapters train too, from zero, i.e. from the unchanged model).
-          stage("align", 30 if cpu else 2000, freeze=f"{FROZEN}|{BACKBONE}",
+          # The new inputs learn to speak to EmbeddingGemma (their projections at 1e-3 / 2e-3,
+          # NEW_INPUT_PARAMS), which moves slowly (2e-5; with LoRA its adapters at 2e-4).
+          stage("align", 30 if cpu else 2000, freeze=PRETRAINED_ENCODERS,
                 data=dict(tasks=align_tasks, weights=weights(align_tasks), num_negatives=0,
                           instructions=False),
-                optimizer=dict(learning_rate=1e-3, warmup_steps=10 if cpu else 100),
+                optimizer=dict(warmup_steps=10 if cpu else 100),
                 eval=dict(tasks=())),
-          stage("finetune", 70 if cpu else 3000, freeze=FROZEN,
+          stage("finetune", 70 if cpu else 3000, freeze=PRETRAINED_ENCODERS,
                 data=dict(num_negatives=1 if cpu else 3, instructions=True),
-                optimizer=dict(learning_rate=2e-4 if cpu else 2e-5,
-                               warmup_steps=10 if cpu else 200)),
+                optimizer=dict(warmup_steps=10 if cpu else 200)),
       ])
+  c.optimizer.learning_rate = 2e-4 if cpu else 2e-5
+  c.optimizer.fast_params = NEW_INPUT_PARAMS
+  c.optimizer.fast_lr_multiplier = 10.0 if cpu else 50.0
   c.data.weights = weights(train_tasks)
   c.loss.matryoshka_dims = dims
   c.loss.matryoshka_weights = (1.0,) * len(dims)
