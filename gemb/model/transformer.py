@@ -10,8 +10,9 @@ No biases anywhere (dense layers and LayerNorms, as in PaLM): a bias adds one ve
 token, and in contrastive training from scratch Adam grows such vectors at the learning rate
 per step in the direction that makes every embedding alike (the loss of a many-task mixture
 falls to its chance value by collapse, with a zero gradient, within ~50 steps: measured on
-configs/default.py). Position and modality-type embeddings remain the only input-independent
-vectors. Queries and keys have no bias anyway (a key bias has a zero gradient).
+the from-scratch configs/default.py of 2026-11). Position and modality-type embeddings
+remain the only input-independent vectors. Queries and keys have no bias anyway (a key bias
+has a zero gradient).
 """
 
 import jax
