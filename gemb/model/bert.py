@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gemb.model.layers import check_tensors, param, run_stacked
-from gemb.model.transformer import dropout, rows
+from gemb.model.layers import (attention, check_tensors, dropout, key_padding_bias, param, rows,
+                               run_stacked)
 from gemb.parallel import constrain
 
 ACT_AXES = ("batch", "length", "embed")
@@ -111,11 +111,8 @@ class _Block(nnx.Module):
     qkv = rows(x) @ w(self.qkv).reshape(d, -1) + w(self.qkv_bias).reshape(-1)
     qkv = qkv.reshape(b, n, self.heads, 3, self.head_dim)
     q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
-    scores = jnp.einsum("bqhk,bnhk->bhqn", q, k).astype(jnp.float32) / np.sqrt(self.head_dim)
-    # Finite fill (not -inf) keeps a row of only masked keys NaN-free; its output is unused.
-    scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-    probs = dropout(jax.nn.softmax(scores, axis=-1), self.attn_dropout, keys[0]).astype(dt)
-    attn = jnp.einsum("bhqn,bnhk->bqhk", probs, v)
+    attn = attention(q, k, v, key_padding_bias(mask), scale=self.head_dim ** -0.5,
+                     dropout_rate=self.attn_dropout, key=keys[0])
     attn = (rows(attn) @ w(self.out).reshape(-1, d) + w(self.out_bias)).reshape(b, n, d)
     x = self.attn_norm(x + dropout(attn, self.hidden_dropout, keys[1]))
     hidden = _ACTIVATIONS[self.act](rows(x) @ w(self.up) + w(self.up_bias))

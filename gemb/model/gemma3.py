@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gemb.model.layers import check_tensors, param
+from gemb.model.layers import attention, check_tensors, key_padding_bias, param, rows
 from gemb.parallel import constrain
 
 ACT_AXES = ("batch", "length", "embed")
@@ -143,11 +143,6 @@ class RMSNorm(nnx.Module):
     return (y * (1.0 + self.scale[...])).astype(x.dtype)
 
 
-def rows(x):
-  """(batch, length, ...) -> (batch * length, features): 2-D matmuls (see transformer.py)."""
-  return x.reshape(x.shape[0] * x.shape[1], -1)
-
-
 def rope_tables(positions, inv_freq):
   """positions [B, N] -> (cos, sin) [B, N, 1, head_dim] in float32 (rotate-half layout)."""
   freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
@@ -175,24 +170,14 @@ class Attention(nnx.Module):
   def __call__(self, x, bias, cos, sin, key):
     cfg, dt = self.cfg, self.dtype
     b, n, d = x.shape
-    groups = cfg.heads // cfg.kv_heads
     xr = rows(x)
     q = (xr @ self.q[...].astype(dt).reshape(d, -1)).reshape(b, n, cfg.heads, cfg.head_dim)
     k = (xr @ self.k[...].astype(dt).reshape(d, -1)).reshape(b, n, cfg.kv_heads, cfg.head_dim)
     v = (xr @ self.v[...].astype(dt).reshape(d, -1)).reshape(b, n, cfg.kv_heads, cfg.head_dim)
     q = apply_rope(self.q_norm(q), cos, sin)
     k = apply_rope(self.k_norm(k), cos, sin)
-    # Query head j uses key/value head j // groups (transformers' repeat_kv order).
-    q = q.reshape(b, n, cfg.kv_heads, groups, cfg.head_dim)
-    scores = jnp.einsum("bqkgd,bnkd->bkgqn", q, k,
-                        preferred_element_type=jnp.float32) * cfg.query_scale
-    if cfg.softcap:
-      scores = jnp.tanh(scores / cfg.softcap) * cfg.softcap
-    weights = jax.nn.softmax(scores + bias, axis=-1)
-    if key is not None and cfg.attention_dropout > 0:
-      keep = jax.random.bernoulli(key, 1.0 - cfg.attention_dropout, weights.shape)
-      weights = jnp.where(keep, weights / (1.0 - cfg.attention_dropout), 0.0)
-    out = jnp.einsum("bkgqn,bnkd->bqkgd", weights.astype(dt), v)
+    out = attention(q, k, v, bias, scale=cfg.query_scale, dropout_rate=cfg.attention_dropout,
+                    key=key, softcap=cfg.softcap)
     return (rows(out) @ self.o[...].astype(dt).reshape(-1, d)).reshape(b, n, d)
 
 
@@ -257,13 +242,11 @@ class Gemma3Backbone(nnx.Module):
   def __call__(self, x, mask, positions, *, dropout_key=None):
     cfg = self.cfg
     x = constrain(x.astype(self.dtype), ACT_AXES)
-    neg = jnp.finfo(jnp.float32).min
-    # Additive float32 biases [B, 1, 1, Nq, Nk]; a finite fill keeps an all-padding row
-    # NaN-free (its output is unused). Sliding layers also drop keys farther than the window.
-    keep = mask[:, None, None, None, :]
-    dist = jnp.abs(positions[:, :, None] - positions[:, None, :])[:, None, None]
-    full_bias = jnp.where(keep, 0.0, neg).astype(jnp.float32)
-    sliding_bias = jnp.where(keep & (dist <= cfg.half_window), 0.0, neg).astype(jnp.float32)
+    # Additive float32 biases (gemb.model.layers.attention): padding keys [B, 1, 1, Nk];
+    # sliding layers also drop keys farther than the window, [B, 1, Nq, Nk].
+    full_bias = key_padding_bias(mask)
+    dist = jnp.abs(positions[:, :, None] - positions[:, None, :])[:, None]
+    sliding_bias = jnp.where(dist <= cfg.half_window, full_bias, jnp.finfo(jnp.float32).min)
     local_rope = rope_tables(positions, cfg.local_inv_freq)
     global_rope = rope_tables(positions, cfg.global_inv_freq)
     graphdef, stacked = nnx.split(self.layers)

@@ -19,23 +19,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gemb.model.layers import layer_norm, param, run_stacked
+from gemb.model.layers import (attention, dropout, key_padding_bias, layer_norm, param, rows,
+                               run_stacked)
 from gemb.parallel import constrain
 
 ACT_AXES = ("batch", "length", "embed")
-
-
-def dropout(x, rate, key):
-  """Inverted dropout; identity when ``key`` is None (evaluation) or rate is 0."""
-  if key is None or rate == 0.0:
-    return x
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0.0)
-
-
-def rows(x):
-  """(batch, length, ...) -> (batch * length, features): one matmul row per token."""
-  return x.reshape(x.shape[0] * x.shape[1], -1)
 
 
 class Attention(nnx.Module):
@@ -64,11 +52,7 @@ class Attention(nnx.Module):
     qkv = rows(x) @ self.qkv[...].reshape(width, -1)
     qkv = qkv.reshape(b, n, self.heads, 3, self.head_dim)
     q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
-    scores = jnp.einsum("bqhk,bnhk->bhqn", q, k) / jnp.sqrt(self.head_dim).astype(x.dtype)
-    # Finite fill (not -inf) keeps a row of only masked keys NaN-free; its output is unused.
-    scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
-    weights = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bhqn,bnhk->bqhk", weights, v)
+    out = attention(q, k, v, key_padding_bias(mask), scale=self.head_dim ** -0.5)
     return (rows(out) @ self.out[...].reshape(-1, width)).reshape(b, n, width)
 
 
