@@ -85,6 +85,8 @@ def test_mteb_evaluate_scores_gemb_tasks_as_gemb_eval(builtin_bundle, builtin_en
   candidates = model.model.embed([raw(r, task.candidate) for r in corpus["candidate_records"]])
   expected = retrieval_metrics(queries, candidates, corpus["qrels"])
 
+  print(f"{name}: mteb NDCG@10 {scores['ndcg_at_10']:.5f} / gemb.eval {expected['NDCG@10']:.5f}, "
+        f"R@1 {scores['recall_at_1']:.5f} / {expected['R@1']:.5f}")
   # mteb rounds its scores to 5 decimals.
   assert scores["ndcg_at_10"] == pytest.approx(expected["NDCG@10"], abs=1e-4)
   assert scores["recall_at_1"] == pytest.approx(expected["R@1"], abs=1e-4)
