@@ -96,8 +96,7 @@ def test_default_recipes_tasks_describe_themselves():
       "description": sources.BUILTIN_TASKS["emoji_group_zero_shot"].description,
       "query": ["image"], "candidate": ["text"]}
   assert tasks["video_narrated_to_text"]["query"] == ["video", "audio"]
-  assert set(tasks) == set(default.EVAL_TASKS) == {t for t in sources.BUILTIN_TASKS
-                                                   if not t.startswith("wiki_")}
+  assert set(tasks) == set(default.EVAL_TASKS) == set(sources.BUILTIN_TASKS)
 
 
 def test_corrupt_bundle_is_refused(bundle_dir, tmp_path):
