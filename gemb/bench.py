@@ -184,7 +184,8 @@ def run_embed(config):
   per_example = embed_flops_per_example(config) / (2 if text_only(config) else 1)
   return {"framework": "gemb", "mode": "embed", "jax": jax.__version__, "devices": mesh.size,
           "batch": batch_size, "device_kind": jax.devices()[0].device_kind,
-          "dtype": "float32", "steps": config.bench.steps, "step_s_median": median,
+          "dtype": config.model.get("dtype", "float32"), "steps": config.bench.steps,
+          "step_s_median": median,
           "step_s_min": min(times), "step_s_max": max(times),
           "examples_per_s": batch_size / median, "flops_per_example_fwd": per_example,
           "achieved_gflops": per_example * batch_size / median / 1e9,

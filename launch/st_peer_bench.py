@@ -5,7 +5,9 @@
   python launch/st_peer_bench.py --model_dir=DIR --mode=train --batch=32 --tokens=64
 
 embed: ``SentenceTransformer.encode`` of ``--batch`` texts that its tokenizer turns into
-exactly ``--tokens`` tokens each (special tokens included), float32 on CPU.
+exactly ``--tokens`` tokens each (special tokens included), on CPU in float32, or with
+``--dtype=bfloat16`` under torch.autocast (float32 weights, bfloat16 matmuls: the peer of
+gemb's ``model.dtype=bfloat16``).
 train: one MultipleNegativesRankingLoss step (anchors and positives of ``--tokens`` tokens
 each, in-batch negatives, AdamW) of a ``--batch``-pair batch, forward + backward + update.
 --warmup untimed calls, then --steps timed ones; medians in seconds.
@@ -59,6 +61,7 @@ def main():
   p.add_argument("--tokens", type=int, default=128)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
   a = p.parse_args()
   if a.threads:
@@ -85,11 +88,17 @@ def main():
       value = loss([dict(anchors), dict(positives)], None)
       value.backward()
       opt.step()
+  if a.dtype == "bfloat16":
+    plain = fn
+
+    def fn():
+      with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain()
   times = timed(fn, a.warmup, a.steps)
   median = statistics.median(times)
   print(json.dumps({
       "framework": "sentence-transformers", "mode": a.mode, "batch": a.batch,
-      "tokens": a.tokens, "torch": torch.__version__,
+      "tokens": a.tokens, "dtype": a.dtype, "torch": torch.__version__,
       "sentence_transformers": sentence_transformers.__version__,
       "threads": torch.get_num_threads(), "steps": a.steps, "step_s_median": median,
       "step_s_min": min(times), "step_s_max": max(times),

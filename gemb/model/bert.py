@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gemb.model.layers import (attention, check_tensors, dropout, key_padding_bias, param, rows,
-                               run_stacked)
+from gemb.model.layers import (attention, check_tensors, dropout, key_padding_bias, matmul,
+                               param, rows, run_stacked)
 from gemb.parallel import constrain
 
 ACT_AXES = ("batch", "length", "embed")
@@ -108,15 +108,15 @@ class _Block(nnx.Module):
     dt = x.dtype
     keys = [None] * 3 if key is None else list(jax.random.split(key, 3))
     w = lambda p: p[...].astype(dt)  # noqa: E731
-    qkv = rows(x) @ w(self.qkv).reshape(d, -1) + w(self.qkv_bias).reshape(-1)
+    qkv = matmul(rows(x), w(self.qkv).reshape(d, -1)) + w(self.qkv_bias).reshape(-1)
     qkv = qkv.reshape(b, n, self.heads, 3, self.head_dim)
     q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
     attn = attention(q, k, v, key_padding_bias(mask), scale=self.head_dim ** -0.5,
                      dropout_rate=self.attn_dropout, key=keys[0])
-    attn = (rows(attn) @ w(self.out).reshape(-1, d) + w(self.out_bias)).reshape(b, n, d)
+    attn = (matmul(rows(attn), w(self.out).reshape(-1, d)) + w(self.out_bias)).reshape(b, n, d)
     x = self.attn_norm(x + dropout(attn, self.hidden_dropout, keys[1]))
-    hidden = _ACTIVATIONS[self.act](rows(x) @ w(self.up) + w(self.up_bias))
-    mlp = (hidden @ w(self.down) + w(self.down_bias)).reshape(b, n, d)
+    hidden = _ACTIVATIONS[self.act](matmul(rows(x), w(self.up)) + w(self.up_bias))
+    mlp = (matmul(hidden, w(self.down)) + w(self.down_bias)).reshape(b, n, d)
     x = self.mlp_norm(x + dropout(mlp, self.hidden_dropout, keys[2]))
     return constrain(x, ACT_AXES)
 

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gemb.model.layers import attention, check_tensors, key_padding_bias, param, rows
+from gemb.model.layers import (attention, check_tensors, key_padding_bias, matmul, param,
+                               rows)
 from gemb.parallel import constrain
 
 ACT_AXES = ("batch", "length", "embed")
@@ -171,14 +172,14 @@ class Attention(nnx.Module):
     cfg, dt = self.cfg, self.dtype
     b, n, d = x.shape
     xr = rows(x)
-    q = (xr @ self.q[...].astype(dt).reshape(d, -1)).reshape(b, n, cfg.heads, cfg.head_dim)
-    k = (xr @ self.k[...].astype(dt).reshape(d, -1)).reshape(b, n, cfg.kv_heads, cfg.head_dim)
-    v = (xr @ self.v[...].astype(dt).reshape(d, -1)).reshape(b, n, cfg.kv_heads, cfg.head_dim)
+    q = matmul(xr, self.q[...].astype(dt).reshape(d, -1)).reshape(b, n, cfg.heads, cfg.head_dim)
+    k = matmul(xr, self.k[...].astype(dt).reshape(d, -1)).reshape(b, n, cfg.kv_heads, cfg.head_dim)
+    v = matmul(xr, self.v[...].astype(dt).reshape(d, -1)).reshape(b, n, cfg.kv_heads, cfg.head_dim)
     q = apply_rope(self.q_norm(q), cos, sin)
     k = apply_rope(self.k_norm(k), cos, sin)
     out = attention(q, k, v, bias, scale=cfg.query_scale, dropout_rate=cfg.attention_dropout,
                     key=key, softcap=cfg.softcap)
-    return (rows(out) @ self.o[...].astype(dt).reshape(-1, d)).reshape(b, n, d)
+    return matmul(rows(out), self.o[...].astype(dt).reshape(-1, d)).reshape(b, n, d)
 
 
 class MLP(nnx.Module):
@@ -190,9 +191,9 @@ class MLP(nnx.Module):
 
   def __call__(self, x):
     dt, xr = self.dtype, rows(x)
-    gate = jax.nn.gelu(xr @ self.gate[...].astype(dt), approximate=True)
-    h = gate * (xr @ self.up[...].astype(dt))
-    return (h @ self.down[...].astype(dt)).reshape(x.shape)
+    gate = jax.nn.gelu(matmul(xr, self.gate[...].astype(dt)), approximate=True)
+    h = gate * matmul(xr, self.up[...].astype(dt))
+    return matmul(h, self.down[...].astype(dt)).reshape(x.shape)
 
 
 class Layer(nnx.Module):
