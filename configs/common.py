@@ -141,6 +141,10 @@ def base_config(model, *, tasks, eval_tasks, stages):
       vocab_size=c.model.text.get_ref("vocab_size"), tokenizer_texts=20000,
       max_text_chars=100_000, max_audio_seconds=60.0, max_video_frames=2000,  # bad-input bounds
       custom_tasks={},          # name -> TaskSpec fields, for tfds:/manifest: datasets
+      # task name -> text tokens per text slot for that task's batches (its texts are cut
+      # there), instead of model.text.max_len: short-text tasks (titles, names) then pay
+      # for no padding. Batch shapes stay fixed per task (one compilation each).
+      text_len_by_task={},
   )
 
   c.loss = dict(kind="infonce", symmetric=True, mask_false_negatives=True,

@@ -96,6 +96,12 @@ def test_first_stage_cannot_continue_and_names_must_be_unique():
     (lambda c: setattr(c.soup, "num", 5), "soup.num"),
     (lambda c: setattr(c.train, "log_every", 0), "train.log_every"),
     (lambda c: setattr(c.train, "best_metric", "accuracy"), "train.best_metric"),
+    (lambda c: c.data.update(text_len_by_task={"no_such_task": 8}),
+     r"data.text_len_by_task: 'no_such_task' is not one of the run's tasks"),
+    (lambda c: c.data.update(text_len_by_task={c.data.tasks[0]: 0}),
+     r"data.text_len_by_task.\w+: must be a positive int, got 0"),
+    (lambda c: c.data.update(text_len_by_task={c.data.tasks[0]: 8}, mixing="example"),
+     "data.text_len_by_task: needs data.mixing='task'"),
     (lambda c: c.data.update(tasks=("labels",), weights=(1.0,), custom_tasks={"labels": dict(
         kind="classification", dataset="emoji", query=("image:image",), label="group",
         templates=("{}",))}), r"data.tasks: \['labels'\] are zero-shot"),

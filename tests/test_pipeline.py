@@ -1,6 +1,7 @@
 """The task pipeline: packing, bad records, hard negatives, mixtures, sharding, exact resume."""
 
 import collections
+import itertools
 import io
 import json
 
@@ -146,6 +147,31 @@ def test_hard_negatives_travel_with_their_task(memory_sources, tokenizer):
       assert b["negative_id"].shape == (2, 2)
     else:
       assert "negatives" not in b
+
+
+def test_a_tasks_text_length_sizes_its_batches_only(memory_sources, tokenizer):
+  """data.text_len_by_task cuts one task's text slots (its texts truncated there, as
+  model.text.max_len truncates every other task's)."""
+  c = config(tasks=(TASK.name, TEXT_TASK.name), weights=(0.5, 0.5), batch_size=2,
+             num_negatives=2, text_len_by_task={TASK.name: 3})
+  full = config(tasks=(TASK.name,), weights=(1.0,), batch_size=2, num_negatives=2)
+  reference = next(iter(pipeline.train_dataset(full, tokenizer, seed=0)))
+  seen = set()
+  for b in itertools.islice(pipeline.train_dataset(c, tokenizer, seed=0), 20):
+    task = int(b["task_index"][0])
+    seen.add(task)
+    length = 3 if task == 0 else 16
+    assert b["query"]["text"].shape[-1] == b["candidate"]["text"].shape[-1] == length
+    if task == 0:
+      assert b["negatives"]["text"].shape == (2, 2, 1, 3)
+  assert seen == {0, 1}
+  # The first batch of the task alone at full length, cut to 3 tokens: the same ids.
+  first = next(iter(pipeline.train_dataset(
+      config(tasks=(TASK.name,), weights=(1.0,), batch_size=2, num_negatives=2,
+             text_len_by_task={TASK.name: 3}), tokenizer, seed=0)))
+  for side in ("query", "candidate"):
+    assert (reference[side]["text"][..., :3] == first[side]["text"]).all()
+  assert (reference["query"]["text"][..., 3:] != 0).any()  # the captions were cut
 
 
 def test_example_mixing_needs_one_structure(memory_sources, tokenizer):

@@ -20,8 +20,11 @@ Config fields read here (config.data): tasks, weights, mixing, batch_size (GLOBA
 builtin_config, num_negatives, instructions (prefix task instructions), on_bad_record
 ("error" | "skip"), num_workers, read_threads, data_dir, custom_tasks, max_text_chars /
 max_audio_seconds / max_video_frames (bad-input bounds), tokenizer_texts.
-Input shapes come from config.model (text.max_len, image.size, audio, video).
+Input shapes come from config.model (text.max_len, image.size, audio, video); a task's text
+length may differ (data.text_len_by_task).
 """
+
+import dataclasses
 
 from absl import logging
 import grain
@@ -113,6 +116,8 @@ def make_loader(config, task, tokenizer, split, records, source, *, task_index=0
                  on_bad_record=d.on_bad_record, task_index=task_index,
                  instructions=d.instructions)
   shapes = InputShapes.from_config(config)
+  shapes = dataclasses.replace(shapes, text_len=d.get("text_len_by_task", {}).get(
+      task.name, shapes.text_len))
   if isinstance(task, ClassificationSpec):
     return PromptExampleLoader(task, source, records, tokenizer, shapes,
                                classes=class_names(config, task), **options)

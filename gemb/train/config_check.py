@@ -94,6 +94,17 @@ def _check_section_values(config, where):
     check_trainable(train_tasks)
   except ValueError as e:
     raise _fail(where, "data.tasks", str(e)) from None
+  text_lens = config.data.get("text_len_by_task", {})
+  if text_lens and config.data.mixing != "task":
+    raise _fail(where, "data.text_len_by_task", "needs data.mixing='task' (a batch mixing "
+                "tasks has one text length)")
+  for name, length in text_lens.items():
+    if name not in config.data.tasks and name not in config.eval.tasks:
+      raise _fail(where, "data.text_len_by_task", f"{name!r} is not one of the run's tasks "
+                  "(data.tasks / eval.tasks)")
+    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+      raise _fail(where, f"data.text_len_by_task.{name}",
+                  f"must be a positive int, got {length!r}")
   if config.eval.tasks and config.train.best_metric not in BEST_METRICS:
     raise _fail(where, "train.best_metric", f"{config.train.best_metric!r} is not a "
                 f"retrieval metric that the evaluator reports ({', '.join(BEST_METRICS)})")
