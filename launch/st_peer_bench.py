@@ -17,6 +17,7 @@ imported. ``launch/backbone_bench.py`` alternates this with gemb.bench in one ru
 """
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -88,13 +89,10 @@ def main():
       value = loss([dict(anchors), dict(positives)], None)
       value.backward()
       opt.step()
-  if a.dtype == "bfloat16":
-    plain = fn
-
-    def fn():
-      with torch.autocast("cpu", dtype=torch.bfloat16):
-        plain()
-  times = timed(fn, a.warmup, a.steps)
+  precision = (torch.autocast("cpu", dtype=torch.bfloat16) if a.dtype == "bfloat16"
+               else contextlib.nullcontext())
+  with precision:
+    times = timed(fn, a.warmup, a.steps)
   median = statistics.median(times)
   print(json.dumps({
       "framework": "sentence-transformers", "mode": a.mode, "batch": a.batch,

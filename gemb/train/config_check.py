@@ -46,6 +46,10 @@ def _fail(where, key, message):
   return ValueError(f"config{where}.{key}: {message}")
 
 
+def _positive_int(value):
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _check_section_values(config, where):
   for path, allowed in CHOICES.items():
     if path[0] not in config:
@@ -57,7 +61,7 @@ def _check_section_values(config, where):
       raise _fail(where, ".".join(path), f"{value!r} is not one of {allowed}")
   for section, key in POSITIVE_INTS:
     value = config[section][key]
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not _positive_int(value):
       raise _fail(where, f"{section}.{key}", f"must be a positive int, got {value!r}")
   if config.train.keep_best < 0:
     raise _fail(where, "train.keep_best", f"must be >= 0, got {config.train.keep_best}")
@@ -102,7 +106,7 @@ def _check_section_values(config, where):
     if name not in config.data.tasks and name not in config.eval.tasks:
       raise _fail(where, "data.text_len_by_task", f"{name!r} is not one of the run's tasks "
                   "(data.tasks / eval.tasks)")
-    if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
+    if not _positive_int(length):
       raise _fail(where, f"data.text_len_by_task.{name}",
                   f"must be a positive int, got {length!r}")
   if config.eval.tasks and config.train.best_metric not in BEST_METRICS:
@@ -116,7 +120,7 @@ MODEL_POSITIVE_INTS = ("width", "depth", "heads", "mlp_dim", "embed_dim", "max_p
 def _check_model(model):
   for key in MODEL_POSITIVE_INTS:
     value = model[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not _positive_int(value):
       raise _fail("", f"model.{key}", f"must be a positive int, got {value!r}")
   if model.width % model.heads:
     raise _fail("", "model.heads", f"{model.heads} does not divide model.width={model.width} "
