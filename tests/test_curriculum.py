@@ -113,6 +113,18 @@ def test_validate_names_the_bad_key(override, key):
     config_check.validate(c)
 
 
+def test_text_len_by_task_may_name_a_later_stages_task():
+  """One data.text_len_by_task for the whole run: tiny's align stage trains only image ->
+  name, its finetune stage also name -> image, which the run-level dict may name."""
+  c = tiny.get_config()
+  c.eval.tasks = ("emoji_image_to_name",)
+  c.data.text_len_by_task = {"emoji_name_to_image": 8}
+  stages = config_check.validate(c)
+  first = stages[0].config
+  assert "emoji_name_to_image" not in (*first.data.tasks, *first.eval.tasks)
+  assert stages[1].config.data.text_len_by_task["emoji_name_to_image"] == 8
+
+
 def test_every_allowed_best_metric_is_one_an_eval_reports():
   """train.best_metric ranks checkpoints by a metric of the eval results, so each allowed
   value must be a key of what a retrieval eval computes (gemb/eval/tasks.py calls
