@@ -8,8 +8,8 @@ image, espeak-ng speech <-> text, emoji/digit motion clips <-> captions (with na
 clips as [video, audio] queries), WordNet words <-> definitions <-> examples with sibling
 hard negatives, stdlib docstrings <-> code, and Wikipedia (English description / title ->
 extract, French / Spanish <-> English extracts, spoken descriptions -> extract, topics).
-Every task's held-out test split (a fixed sample of 150 records of it, eval.max_records) is
-evaluated at the end (eval/step_260.json, and the soup's eval/soup.json), next to the start
+Every task's held-out test split (a fixed sample of 120 records of it, eval.max_records) is
+evaluated at the end (eval/step_215.json, and the soup's eval/soup.json), next to the start
 (eval/baseline_finetune.json: MiniLM zero-shot on the text tasks, the untrained projections
 on the others).
 
@@ -91,12 +91,12 @@ def get_config(arg=None):
   c = base_config(
       model, tasks=TRAIN_TASKS, eval_tasks=EVAL_TASKS,
       stages=[
-          stage("align", 160, freeze=PRETRAINED_ENCODERS,
+          stage("align", 130, freeze=PRETRAINED_ENCODERS,
                 data=dict(tasks=ALIGN_TASKS, weights=weights(ALIGN_TASKS), num_negatives=0,
                           instructions=False),
                 optimizer=dict(warmup_steps=20),
                 eval=dict(tasks=())),  # evaluated with the soup, not in between
-          stage("finetune", 100, freeze=PRETRAINED_ENCODERS,
+          stage("finetune", 85, freeze=PRETRAINED_ENCODERS,
                 data=dict(num_negatives=1, instructions=True),
                 optimizer=dict(warmup_steps=10)),
       ])
@@ -111,14 +111,14 @@ def get_config(arg=None):
   c.loss.matryoshka_dims = (64, 128, 384)
   c.loss.matryoshka_weights = (1.0, 1.0, 1.0)
   c.eval.dims = (64, 128, 384)
-  c.eval.batch_size = 50
-  # A fixed sample of 150 records per task's test split, 3 batches of 50 (all 26 tasks: ~8k
-  # items, ~1.2 min an eval here; the full splits are 5x that, WordNet's 7k words alone 2
+  c.eval.batch_size = 60
+  # A fixed sample of 120 records per task's test split, 2 batches of 60 (all 26 tasks: ~6k
+  # items, ~1 min an eval here; the full splits are 6x that, WordNet's 7k words alone 2
   # min). An eval is most of its time encoding, and the run evaluates three times (the
   # start, the last checkpoint, the soup).
-  c.eval.max_records = 150
+  c.eval.max_records = 120
   c.train.log_every = 10
-  c.train.checkpoint_every = 40
+  c.train.checkpoint_every = 25
   c.train.keep_checkpoints = 3
   c.soup = dict(kind="last", num=3)
   return c
