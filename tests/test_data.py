@@ -164,33 +164,6 @@ def test_unknown_dataset_and_split(data_config):
     sources.builtin_source("emoji", "dev", data_config.data.data_dir)
 
 
-def test_prepare_builtin_builds_in_parallel_what_a_lone_build_gives(tmp_path):
-  """Two datasets built at once, each in its own process, equal what one process builds:
-  the emoji records match those of prepared_builder's build in this process."""
-  data_dir, alone_dir = str(tmp_path / "tfds"), str(tmp_path / "alone")
-  sources.prepared_builder("emoji", alone_dir, "small")
-  sources.prepare_builtin(["emoji", "code", "emoji"], data_dir, "small", workers=2)
-  for name in ("emoji", "code"):
-    assert sources.prepared_builder(name, data_dir, "small").is_prepared()
-  for split in SPLITS:
-    alone = sources.builtin_source("emoji", split, alone_dir, config="small",
-                                   decoders={"image": tfds.decode.SkipDecoding()})
-    both = sources.builtin_source("emoji", split, data_dir, config="small",
-                                  decoders={"image": tfds.decode.SkipDecoding()})
-    assert len(both) == len(alone) > 0
-    assert [both[i] for i in range(0, len(both), 7)] == [alone[i] for i in range(0, len(both), 7)]
-  sources.prepare_builtin(["emoji", "code"], data_dir, "small")  # built: nothing to do
-
-
-def test_prepare_builtin_names_the_dataset_whose_build_fails(tmp_path):
-  (tmp_path / "file").write_text("")  # a data dir under a file cannot be created
-  with pytest.raises(RuntimeError, match=r"building the built-in dataset 'code' into .*failed"):
-    sources.prepare_builtin(["code", "emoji"], str(tmp_path / "file" / "tfds"), "small",
-                            workers=2)
-  with pytest.raises(ValueError, match=r"Unknown built-in dataset 'nope'"):
-    sources.prepare_builtin(["nope"], str(tmp_path), "small")
-
-
 def test_source_decodes_images_to_uint8(data_config):
   record = sources.builtin_source("emoji", "validation", data_config.data.data_dir)[0]
   assert record["image"].shape == (64, 64, 3) and record["image"].dtype == np.uint8

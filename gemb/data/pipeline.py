@@ -109,16 +109,6 @@ def process_block(examples, local_batch, process_index, process_count):
   return examples.batch(local_batch, drop_remainder=True)[process_index::process_count]
 
 
-def prepare_datasets(stages):
-  """Builds the built-in datasets that any stage trains or evaluates on and that are not
-  built yet, several at once (sources.prepare_builtin), before the run's first use of one."""
-  config = stages[0].config
-  names = [t.dataset for s in stages for t in get_tasks(
-      s.config, dict.fromkeys((*s.config.data.tasks, *s.config.eval.tasks)))
-           if t.dataset in sources.BUILDERS]
-  sources.prepare_builtin(names, config.data.data_dir, config.data.builtin_config)
-
-
 def make_loader(config, task, tokenizer, split, records, source, *, task_index=0, train=True):
   """The example loader of a retrieval task, or of a classification task's train records."""
   d = config.data

@@ -6,13 +6,10 @@ Records are read with `tfds.data_source` semantics (ArrayRecord, random access, 
 TensorFlow): text arrives as bytes, scalars as Python ints, images as uint8 arrays (or PNG
 bytes when the caller skips decoding).
 """
-import concurrent.futures
 import contextlib
 import fcntl
-import multiprocessing
+import functools
 import os
-
-from absl import logging
 
 import tensorflow_datasets as tfds
 
@@ -63,62 +60,27 @@ def _file_lock(path: str):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _builder(name: str, data_dir: str, config: str) -> tfds.core.DatasetBuilder:
-  """A built-in dataset's builder (built or not) in resolve_data_dir(data_dir)."""
+def prepared_builder(name: str, data_dir: str = "", config: str = "full"
+                     ) -> tfds.core.DatasetBuilder:
+  """The builder of a built-in dataset, built into data_dir first if needed."""
   if name not in BUILDERS:
     raise ValueError(f"Unknown built-in dataset {name!r}; known: {sorted(BUILDERS)}")
   if config not in BUILDER_CONFIGS:
     raise ValueError(f"data.builtin_config={config!r}; choose one of {BUILDER_CONFIGS}")
-  return BUILDERS[name](config=config, data_dir=resolve_data_dir(data_dir))
-
-
-def prepared_builder(name: str, data_dir: str = "", config: str = "full"
-                     ) -> tfds.core.DatasetBuilder:
-  """The builder of a built-in dataset, built into data_dir first if needed."""
-  builder = _builder(name, data_dir, config)
+  cls = functools.partial(BUILDERS[name], config=config)
+  data_dir = resolve_data_dir(data_dir)
+  builder = cls(data_dir=data_dir)
   if builder.is_prepared():
     return builder
-  data_dir = resolve_data_dir(data_dir)
   os.makedirs(data_dir, exist_ok=True)
   # Concurrent processes (one per host, or tests in parallel) wait here while the first one
   # builds; the others then find the finished dataset and reuse it.
   with _file_lock(os.path.join(data_dir, f"{BUILDERS[name].name}_{config}.lock")):
-    builder = _builder(name, data_dir, config)
+    builder = cls(data_dir=data_dir)
     if not builder.is_prepared():
       builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
   # A fresh builder reads the split sizes that the build wrote to disk.
-  return _builder(name, data_dir, config)
-
-
-def _build(name: str, data_dir: str, config: str) -> None:
-  prepared_builder(name, data_dir, config)  # (a builder does not pickle back; it need not)
-
-
-def prepare_builtin(names, data_dir: str = "", config: str = "full", workers: int = 0):
-  """Builds those of the built-in datasets ``names`` that are not built yet, ``workers`` at
-  a time (0: one per CPU core), each in its own process: the builders are single-threaded
-  Python (espeak-ng, image rendering, parsing), so a first run's builds take about half
-  the time on 2 cores. A failed build raises, naming its dataset."""
-  todo = [n for n in dict.fromkeys(names) if not _builder(n, data_dir, config).is_prepared()]
-  if not todo:
-    return
-  workers = min(len(todo), workers or os.cpu_count() or 1)
-  logging.info("building %d built-in dataset(s) into %s, %d at a time: %s", len(todo),
-               resolve_data_dir(data_dir), workers, ", ".join(todo))
-  if workers == 1:
-    for name in todo:
-      _build(name, data_dir, config)
-    return
-  # spawn: the caller may already run JAX threads, which a forked child must not inherit.
-  with concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-    builds = {name: pool.submit(_build, name, data_dir, config) for name in todo}
-    for name, build in builds.items():
-      try:
-        build.result()
-      except Exception as e:
-        raise RuntimeError(f"building the built-in dataset {name!r} into "
-                           f"{resolve_data_dir(data_dir)} failed: {e}") from e
+  return cls(data_dir=data_dir)
 
 
 class _KeepEncodedSequence(tfds.decode.SkipDecoding):

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from gemb import parallel, paths
 from gemb.data.bad_records import Tally
-from gemb.data.pipeline import prepare_datasets, tokenizer_corpus, train_dataset
+from gemb.data.pipeline import tokenizer_corpus, train_dataset
 from gemb.data.tokenizer import (PRETRAINED_FILE, SENTENCEPIECE_FILE, PretrainedTokenizer,
                                  Tokenizer, backbone_tokenizer)
 from gemb.eval import report
@@ -186,7 +186,6 @@ def train_and_evaluate(config, workdir):
   config_check.check_mesh(stages, mesh)
   logging.info("mesh %s on %d devices (%d processes); stages: %s", dict(mesh.shape), mesh.size,
                jax.process_count(), ", ".join(f"{s.name} [{s.start}, {s.end})" for s in stages))
-  prepare_datasets(stages)  # a first run's dataset builds, in parallel
   tokenizer = load_or_train_tokenizer(config, stages, workdir)
   if is_main:
     (paths.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
