@@ -9,7 +9,7 @@ clips as [video, audio] queries), WordNet words <-> definitions <-> examples wit
 hard negatives, stdlib docstrings <-> code, and Wikipedia (English description / title ->
 extract, French / Spanish <-> English extracts, spoken descriptions -> extract, topics).
 Every task's held-out test split (a fixed sample of 120 records of it, eval.max_records) is
-evaluated at the end (eval/step_215.json, and the soup's eval/soup.json), next to the start
+evaluated at the end (eval/step_180.json, and the soup's eval/soup.json), next to the start
 (eval/baseline_finetune.json: MiniLM zero-shot on the text tasks, the untrained projections
 on the others).
 
@@ -91,12 +91,12 @@ def get_config(arg=None):
   c = base_config(
       model, tasks=TRAIN_TASKS, eval_tasks=EVAL_TASKS,
       stages=[
-          stage("align", 130, freeze=PRETRAINED_ENCODERS,
+          stage("align", 100, freeze=PRETRAINED_ENCODERS,
                 data=dict(tasks=ALIGN_TASKS, weights=weights(ALIGN_TASKS), num_negatives=0,
                           instructions=False),
                 optimizer=dict(warmup_steps=20),
                 eval=dict(tasks=())),  # evaluated with the soup, not in between
-          stage("finetune", 85, freeze=PRETRAINED_ENCODERS,
+          stage("finetune", 80, freeze=PRETRAINED_ENCODERS,
                 data=dict(num_negatives=1, instructions=True),
                 optimizer=dict(warmup_steps=10)),
       ])
