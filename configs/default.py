@@ -51,10 +51,10 @@ EVAL_TASKS = tuple(sorted(sources.BUILTIN_TASKS))
 # speech -> text: R@1 0.020 / 0.007 / 0.033 with MiniLM training at 5e-5 and these at 2e-3,
 # vs 0.007 / 0.000 / 0.004 with MiniLM frozen and these at 3e-3, at the same speed).
 NEW_PARAMS_SPEEDUP = 40.0
-# Tasks whose every text (names, titles, transcripts, captions, modifiers; and their task
-# instruction) fits 24 MiniLM tokens (measured on 300 train records each with
-# its tokenizer, instructions included: none longer), so their batches and eval corpora
-# skip the padding to 48 (a third of the finetune steps, all but two align tasks).
+# Tasks whose every text (names, titles, transcripts, captions, modifiers, and their task
+# instruction) fits 24 MiniLM tokens (measured on 300 train records of each: none longer),
+# so their batches and eval corpora skip the padding to 48 (37% of the finetune steps by
+# weight, 7 of the 9 align tasks).
 SHORT_TEXT_TASKS = ("clipart_image_to_title", "composed_image_text_to_image",
                     "emoji_image_to_name", "emoji_group_zero_shot", "speech_audio_to_text",
                     "speech_real_audio_to_text", "speech_text_to_audio",
@@ -86,7 +86,7 @@ def get_config(arg=None):
                                 for t in tasks)
   # Steps, text lengths and eval sizes fit the run in 20 minutes on 2 cores (MiniLM costs
   # ~25x gemb's width-128 transformer a token; the three evals and the dataset builds take
-  # half of it). MiniLM learns at 5e-5 in both stages, which keeps what it knows; the new
+  # 40% of it). MiniLM learns at 5e-5 in both stages, which keeps what it knows; the new
   # projections into it at 2e-3 (NEW_PARAMS_SPEEDUP).
   c = base_config(
       model, tasks=TRAIN_TASKS, eval_tasks=EVAL_TASKS,
@@ -113,7 +113,7 @@ def get_config(arg=None):
   c.eval.dims = (64, 128, 384)
   c.eval.batch_size = 60
   # A fixed sample of 120 records per task's test split, 2 batches of 60 (all 26 tasks: ~6k
-  # items, ~1 min an eval here; the full splits are 6x that, WordNet's 7k words alone 2
+  # items, ~1 min an eval here; the full splits are ~7x that, WordNet's 7k words alone 2
   # min). An eval is most of its time encoding, and the run evaluates three times (the
   # start, the last checkpoint, the soup).
   c.eval.max_records = 120
