@@ -102,7 +102,7 @@ def _check_section_values(config, where):
   if text_lens and config.data.mixing != "task":
     raise _fail(where, "data.text_len_by_task", "needs data.mixing='task' (a batch mixing "
                 "tasks has one text length)")
-  for name, length in text_lens.items():  # (its names are checked against every stage's)
+  for name, length in text_lens.items():  # (validate checks its names against the run's)
     if not _positive_int(length):
       raise _fail(where, f"data.text_len_by_task.{name}",
                   f"must be a positive int, got {length!r}")
@@ -130,19 +130,23 @@ def _check_model(model):
     raise _fail("", "model", f"the model cannot be built: {e}") from None
 
 
+def _where(stages, stage):
+  """How an error names the stage: nothing in a one-stage run."""
+  return "" if len(stages) == 1 else f".stages[{stage.index}] ({stage.name!r})"
+
+
 def validate(config):
   """Checks the whole config and every stage's resolved config; -> [Stage]."""
   stages = curriculum.resolve_stages(config)
-  where = lambda stage: "" if len(stages) == 1 else f".stages[{stage.index}] ({stage.name!r})"  # noqa: E731
   for stage in stages:
-    _check_section_values(stage.config, where(stage))
+    _check_section_values(stage.config, _where(stages, stage))
   # data.text_len_by_task may name a later stage's task (one setting for the whole run).
   run_tasks = {t for s in stages for t in (*s.config.data.tasks, *s.config.eval.tasks)}
   for stage in stages:
     for name in stage.config.data.get("text_len_by_task", {}):
       if name not in run_tasks:
-        raise _fail(where(stage), "data.text_len_by_task", f"{name!r} is not one of the "
-                    "run's tasks (any stage's data.tasks / eval.tasks)")
+        raise _fail(_where(stages, stage), "data.text_len_by_task", f"{name!r} is not one "
+                    "of the run's tasks (any stage's data.tasks / eval.tasks)")
   audio = config.model.audio
   if "audio" in config.model.modalities and audio.encoder == "whisper":
     try:
