@@ -1,4 +1,5 @@
-"""LoRA in a real run: the trainer trains only the adapters (the base is bitwise frozen),
+"""LoRA in a real run: the trainer trains only the adapters (the base is bitwise frozen;
+a stage's ``freeze`` holds the adapters of the kernels it names),
 checkpoints resume them bitwise, and the export merges them into the kernels (the bundle,
 with no LoRA code path, embeds as the in-framework model with adapters does)."""
 
@@ -23,7 +24,9 @@ def lora_config(data_dir):
   c.model.lora.update(rank=4, alpha=8.0)
   c.data.update(batch_size=16, data_dir=data_dir, builtin_config="small", tokenizer_texts=2000)
   c.loss.update(matryoshka_dims=(16, 32), matryoshka_weights=(1.0, 1.0))
-  c.stages = [stage("train", STEPS)]
+  # The first stage freezes the attention kernels, and with them their adapters.
+  c.stages = [stage("align", STEPS // 2, freeze="^encoder/blocks/attn/"),
+              stage("train", STEPS // 2)]
   c.train.update(checkpoint_every=2, log_every=2, keep_checkpoints=3)
   c.eval.update(dims=(32,), tasks=(TASK,))
   c.soup.kind = "none"
@@ -53,7 +56,8 @@ def lora_run(tmp_path_factory, data_dir):
   return workdir
 
 
-def test_only_the_adapters_train(lora_run, data_dir):
+def test_only_the_adapters_train_and_a_stages_freeze_holds_its_kernels_adapters(lora_run,
+                                                                                data_dir):
   from gemb import parallel
   from gemb.run.state import LOSS_PARAMS, create_train_state
 
@@ -72,6 +76,13 @@ def test_only_the_adapters_train(lora_run, data_dir):
     assert not np.array_equal(lora[name], lora0[name]), name  # every adapter trained
     if name.endswith("/b"):
       assert not lora0[name].any()
+  # Through the first stage the attention adapters stayed at their init, the MLP's trained.
+  first = flat(saved_state(lora_run, STEPS // 2)["lora"])
+  for name in lora:
+    if "/attn/" in name:
+      np.testing.assert_array_equal(first[name], lora0[name], err_msg=name)
+    else:
+      assert not np.array_equal(first[name], lora0[name]), name
   # Adam's moments exist for the adapters and the loss's scalars only.
   moments = {n.split("/mu/")[1] for n in flat(final["opt_state"]) if "/mu/" in n}
   assert moments == {f"lora/{n}" for n in lora} | {f"params/{n}" for n in LOSS_PARAMS}

@@ -22,7 +22,8 @@ too. The schedule is one function of the global step, so Adam's state carries ov
 stage boundaries unchanged and a resumed run lands at the same point of it.
 
 ``freeze`` names parameters (paths like ``image/proj/kernel``, gemb/trees.py) that the stage
-does not update (LiT-style: e.g. ``"^image/"`` keeps the image tower fixed).
+does not update (LiT-style: e.g. ``"^image/"`` keeps the image tower fixed); with LoRA, the
+adapters of the kernels it names too.
 """
 
 import dataclasses

@@ -10,6 +10,7 @@ no gradient and no optimizer state.
 """
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -66,14 +67,19 @@ class Trainable:
 
   def frozen_mask(self, state, pattern):
     """A stage's ``freeze`` regex (checked against every parameter) as bools like
-    ``of(state)``; None when the stage freezes nothing. Adapters are never frozen."""
+    ``of(state)``; None when the stage freezes nothing. A frozen kernel's adapters are
+    frozen with it (their path is the kernel's), so ``"^encoder/"`` holds a backbone still
+    with LoRA on as without."""
     if not pattern:
       return None
     mask = curriculum.frozen_mask(state["params"], pattern)
     if self.adapters is None:
       return mask
-    return {"lora": jax.tree.map(lambda _: False, state["lora"]),
-            "params": _subset(mask, self.trains)}
+    regex = re.compile(pattern)
+    # An adapter leaf is <kernel path>/a or /b.
+    adapters = jax.tree_util.tree_map_with_path(
+        lambda p, _: bool(regex.search(param_path(p[:-1]))), state["lora"])
+    return {"lora": adapters, "params": _subset(mask, self.trains)}
 
 
 def _subset(params, keep):
