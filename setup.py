@@ -34,8 +34,9 @@ setup(
         # sentence-transformers (+ the CPU torch build, pinned: `pip install torch==2.13.0`
         # takes the local CPU wheel) loads gemb.export --format=sentence-transformers output
         # in tests/test_export_sentence_transformers.py, the round trip's reference.
-        "test": ["pytest==9.2.0", "scikit-video==1.1.11", "ctranslate2==4.8.5",
-                 "faster-whisper==1.2.1", "openai==3.51.0", "torch==2.13.0",
+        # pytest-xdist: the README's test command runs the suite in two worker processes.
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "scikit-video==1.1.11",
+                 "ctranslate2==4.8.5", "faster-whisper==1.2.1", "openai==3.51.0", "torch==2.13.0",
                  "sentence-transformers==6.3.0", "transformers==5.25.0"],
         # The published implementations that tests/make_backbone_references.py runs to write
         # the pretrained backbones' parity fixtures (tests/fixtures/backbones/); CI does not

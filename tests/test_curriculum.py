@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default, tiny
+from configs import default, embeddinggemma, tiny
 from configs.common import stage
 from gemb.eval import retrieval
 from gemb.run import curriculum
@@ -142,8 +142,9 @@ def test_every_allowed_best_metric_is_one_an_eval_reports():
 
 
 def test_shipped_configs_validate():
-  for module in (tiny, default):
-    stages = config_check.validate(module.get_config())
+  for config in (tiny.get_config(), default.get_config(), embeddinggemma.get_config(),
+                 embeddinggemma.get_config("cpu")):
+    stages = config_check.validate(config)
     assert len(stages) >= 2
 
 
